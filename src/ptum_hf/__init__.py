@@ -1,0 +1,39 @@
+"""ptum-hf: PTUM user-model pre-training (Wu et al., 2020) as Hugging Face models."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForSequenceClassification
+
+from .configuration_ptum import PRESETS, PTUMConfig
+from .modeling_ptum import (
+    PTUMClassifierOutput,
+    PTUMCTROutput,
+    PTUMForCTR,
+    PTUMForDemographicClassification,
+    PTUMForPretraining,
+    PTUMForPretrainingOutput,
+    PTUMModel,
+    PTUMModelOutput,
+    PTUMPreTrainedModel,
+    build_behavior_table,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register("ptum", PTUMConfig, exist_ok=True)
+AutoModel.register(PTUMConfig, PTUMModel, exist_ok=True)
+AutoModelForPreTraining.register(PTUMConfig, PTUMForPretraining, exist_ok=True)
+AutoModelForSequenceClassification.register(PTUMConfig, PTUMForDemographicClassification, exist_ok=True)
+
+__all__ = [
+    "PRESETS",
+    "PTUMConfig",
+    "PTUMModel",
+    "PTUMPreTrainedModel",
+    "PTUMForPretraining",
+    "PTUMForDemographicClassification",
+    "PTUMForCTR",
+    "PTUMModelOutput",
+    "PTUMForPretrainingOutput",
+    "PTUMClassifierOutput",
+    "PTUMCTROutput",
+    "build_behavior_table",
+]

@@ -1,0 +1,193 @@
+"""PTUM model configuration."""
+
+from transformers import PretrainedConfig
+
+
+BEHAVIOR_ENCODER_TYPES = ("attention", "cnn", "lstm", "gru", "transformer", "pretrained")
+USER_ENCODER_TYPES = ("transformer", "attention", "gru", "lstm")
+PREDICTOR_TYPES = ("dot",)
+
+# The paper's six user models. Each preset only overrides the encoders; every other field keeps the paper's default.
+PRESETS = {
+    # HAN (Hierarchical Attention Network): attentional bi-LSTM over words, additive attention over behaviors.
+    "han": {"behavior_encoder_type": "lstm", "user_encoder_type": "attention"},
+    # HURA: CNN + additive attention for texts, additive attention over behaviors (no sequence model).
+    "hura": {"behavior_encoder_type": "cnn", "user_encoder_type": "attention"},
+    # HSA (the paper's own encoder): self-attention + additive attention at both levels.
+    "hsa": {"behavior_encoder_type": "attention", "user_encoder_type": "transformer"},
+    # GRU4Rec: a GRU over the behavior sequence; behaviors read by a GRU over words.
+    "gru4rec": {"behavior_encoder_type": "gru", "user_encoder_type": "gru"},
+    # NativeCTR: CNN + attention texts, attention pooling of the user's behaviors.
+    "nativectr": {"behavior_encoder_type": "cnn", "user_encoder_type": "attention"},
+    # BERT4Rec: stacked bidirectional transformer layers over the behavior sequence.
+    "bert4rec": {
+        "behavior_encoder_type": "transformer",
+        "user_encoder_type": "transformer",
+        "user_num_layers": 2,
+    },
+}
+
+
+class PTUMConfig(PretrainedConfig):
+    r"""
+    Configuration of a PTUM user model: a behavior (text) encoder, a user encoder over the behavior sequence, and the
+    pre-training (MBP, NBP) and downstream (demographics, CTR) heads. Defaults are the paper's (Wu et al., 2020).
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 30000): size of the behavior-text vocabulary (tokenizer).
+        pad_token_id (`int`, *optional*, defaults to 0): the tokenizer's padding id.
+        word_embedding_dim (`int`, *optional*, defaults to 300): word embedding size.
+        behavior_encoder_type (`str`, *optional*, defaults to `"attention"`): one of `attention` (the paper's
+            self-attention + additive attention), `cnn`, `lstm`, `gru`, `transformer`, `pretrained`.
+        behavior_num_layers (`int`, *optional*, defaults to 2): layers of the `transformer` behavior encoder.
+        cnn_kernel_size (`int`, *optional*, defaults to 3): window of the `cnn` behavior encoder.
+        text_encoder_config (`dict`, *optional*): config of a Hugging Face text encoder (`pretrained` type); its
+            weights are stored inside the PTUM checkpoint. Use `PTUMModel.from_text_encoder` to start from one.
+        freeze_text_encoder (`bool`, *optional*, defaults to `False`): keep the `pretrained` text encoder fixed.
+        max_tokens_per_behavior (`int`, *optional*, defaults to 30): tokens kept per behavior.
+        hidden_size (`int`, *optional*, defaults to 256): behavior and user vector size (16 heads x 16).
+        num_attention_heads (`int`, *optional*, defaults to 16): heads of every self-attention layer.
+        additive_attention_dim (`int`, *optional*, defaults to 200): query-layer size of additive attention pooling.
+        user_encoder_type (`str`, *optional*, defaults to `"transformer"`): `transformer`, `attention`, `gru`, `lstm`.
+        user_num_layers (`int`, *optional*, defaults to 1): layers of the `transformer` user encoder.
+        intermediate_size (`int`, *optional*, defaults to 512): feed-forward size of transformer layers.
+        max_behaviors (`int`, *optional*, defaults to 100): most recent behaviors kept per user.
+        num_time_buckets (`int`, *optional*, defaults to 32): log2 time-gap buckets.
+        dropout (`float`, *optional*, defaults to 0.2): dropout everywhere.
+        num_negatives (`int`, *optional*, defaults to 4): P, negatives per positive.
+        num_next (`int`, *optional*, defaults to 2): K, next behaviors predicted by NBP.
+        nbp_weight (`float`, *optional*, defaults to 1.0): lambda in loss = MBP + lambda * NBP.
+        use_mbp / use_nbp (`bool`, *optional*, defaults to `True`): switch a pre-training task off (ablations).
+        predictor (`str`, *optional*, defaults to `"dot"`): how a candidate is scored against the user vector.
+        label_heads (`dict[str, int]`, *optional*, defaults to `{"age": 4, "gender": 2}`): demographic heads and
+            their class counts.
+        freeze_user_model (`bool`, *optional*, defaults to `False`): train only the head ("no finetune").
+        share_ad_encoder (`bool`, *optional*, defaults to `True`): CTR ads use the user side's behavior encoder.
+        initializer_range (`float`, *optional*, defaults to 0.02): std of the normal initialiser.
+
+    Example:
+
+    ```python
+    >>> from ptum_hf import PTUMConfig, PTUMForPretraining
+    >>> config = PTUMConfig.from_preset("hsa", vocab_size=5000)
+    >>> model = PTUMForPretraining(config)
+    ```
+    """
+
+    model_type = "ptum"
+
+    def __init__(
+        self,
+        vocab_size: int = 30000,
+        pad_token_id: int = 0,
+        word_embedding_dim: int = 300,
+        behavior_encoder_type: str = "attention",
+        behavior_num_layers: int = 2,
+        cnn_kernel_size: int = 3,
+        text_encoder_config: dict | None = None,
+        freeze_text_encoder: bool = False,
+        max_tokens_per_behavior: int = 30,
+        hidden_size: int = 256,
+        num_attention_heads: int = 16,
+        additive_attention_dim: int = 200,
+        user_encoder_type: str = "transformer",
+        user_num_layers: int = 1,
+        intermediate_size: int = 512,
+        max_behaviors: int = 100,
+        num_time_buckets: int = 32,
+        dropout: float = 0.2,
+        num_negatives: int = 4,
+        num_next: int = 2,
+        nbp_weight: float = 1.0,
+        use_mbp: bool = True,
+        use_nbp: bool = True,
+        predictor: str = "dot",
+        label_heads: dict | None = None,
+        freeze_user_model: bool = False,
+        share_ad_encoder: bool = True,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.word_embedding_dim = word_embedding_dim
+        self.behavior_encoder_type = behavior_encoder_type
+        self.behavior_num_layers = behavior_num_layers
+        self.cnn_kernel_size = cnn_kernel_size
+        self.text_encoder_config = text_encoder_config
+        self.freeze_text_encoder = freeze_text_encoder
+        self.max_tokens_per_behavior = max_tokens_per_behavior
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.additive_attention_dim = additive_attention_dim
+        self.user_encoder_type = user_encoder_type
+        self.user_num_layers = user_num_layers
+        self.intermediate_size = intermediate_size
+        self.max_behaviors = max_behaviors
+        self.num_time_buckets = num_time_buckets
+        self.dropout = dropout
+        self.num_negatives = num_negatives
+        self.num_next = num_next
+        self.nbp_weight = nbp_weight
+        self.use_mbp = use_mbp
+        self.use_nbp = use_nbp
+        self.predictor = predictor
+        self.label_heads = dict(label_heads) if label_heads is not None else {"age": 4, "gender": 2}
+        self.freeze_user_model = freeze_user_model
+        self.share_ad_encoder = share_ad_encoder
+        self.initializer_range = initializer_range
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.validate_ptum()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "PTUMConfig":
+        """A config for one of the paper's user models: `han`, `hura`, `hsa`, `gru4rec`, `nativectr`, `bert4rec`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def validate_ptum(self):
+        """Raise `ValueError` naming the first bad field and what it allows."""
+        _check_choice("behavior_encoder_type", self.behavior_encoder_type, BEHAVIOR_ENCODER_TYPES)
+        _check_choice("user_encoder_type", self.user_encoder_type, USER_ENCODER_TYPES)
+        _check_choice("predictor", self.predictor, PREDICTOR_TYPES)
+        for name in (
+            "vocab_size", "word_embedding_dim", "behavior_num_layers", "cnn_kernel_size", "max_tokens_per_behavior",
+            "hidden_size", "num_attention_heads", "additive_attention_dim", "user_num_layers", "intermediate_size",
+            "max_behaviors", "num_time_buckets", "num_negatives", "num_next",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.cnn_kernel_size % 2 == 0:
+            raise ValueError(f"cnn_kernel_size must be odd (keeps the text length), got {self.cnn_kernel_size}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.nbp_weight, (int, float)) or self.nbp_weight < 0:
+            raise ValueError(f"nbp_weight (lambda) must be a number >= 0, got {self.nbp_weight!r}")
+        if not (self.use_mbp or self.use_nbp):
+            raise ValueError("use_mbp and use_nbp are both False: at least one pre-training task must be on")
+        if not self.label_heads or not isinstance(self.label_heads, dict):
+            raise ValueError(f"label_heads must be a non-empty dict of head name -> class count, got {self.label_heads!r}")
+        for head, classes in self.label_heads.items():
+            if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+                raise ValueError(f"label_heads[{head!r}] must be an integer >= 2 (number of classes), got {classes!r}")
+        if self.behavior_encoder_type == "pretrained" and not isinstance(self.text_encoder_config, dict):
+            raise ValueError(
+                "behavior_encoder_type='pretrained' needs text_encoder_config (a dict); "
+                "build the model with PTUMModel.from_text_encoder(<model name or path>)"
+            )
+        if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id must be an id in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+__all__ = ["PTUMConfig", "PRESETS"]

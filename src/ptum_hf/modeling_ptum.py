@@ -1,0 +1,693 @@
+"""PyTorch PTUM models: a behavior (text) encoder, a user encoder, and the pre-training and downstream heads.
+
+Batch layout. Behaviors repeat across users and as candidates, so a batch carries its *unique* behaviors once, as
+`behavior_input_ids` / `behavior_attention_mask` of shape (M, L), and everything else points at them by row index:
+
+- histories: `history_indices` (B, N), chronological, right-padded with -1; -2 marks a masked slot (MBP);
+- `history_time_gaps` (B, N): seconds from each behavior to the view's reference time (bucketed as log2 here);
+- candidates: index tensors into the same table.
+
+Only torch, public transformers API and the config are imported, so a checkpoint saved with this file loads with
+`trust_remote_code=True` where `ptum_hf` is not installed.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_ptum import PTUMConfig
+
+
+PAD_INDEX = -1
+MASK_INDEX = -2
+IGNORE_INDEX = -100
+REMOTE_AUTO_MAP = {
+    "AutoConfig": "configuration_ptum.PTUMConfig",
+    "AutoModel": "modeling_ptum.PTUMModel",
+    "AutoModelForPreTraining": "modeling_ptum.PTUMForPretraining",
+    "AutoModelForSequenceClassification": "modeling_ptum.PTUMForDemographicClassification",
+}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class PTUMModelOutput(ModelOutput):
+    """
+    Args:
+        user_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`): one vector per user.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_behaviors, hidden_size)`): per-behavior
+            hidden states of the user encoder (zeros at padding).
+        behavior_embeddings (`torch.FloatTensor` of shape `(num_unique_behaviors, hidden_size)`): the encoded
+            behavior table, reusable as a cache.
+    """
+
+    user_embeddings: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    behavior_embeddings: torch.FloatTensor | None = None
+
+
+@dataclass
+class PTUMForPretrainingOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when labels are given): MBP loss + lambda * NBP loss.
+        mbp_loss, nbp_loss (`torch.FloatTensor` of shape `()`): the two task losses (when the task is on).
+        mbp_logits (`torch.FloatTensor` of shape `(batch_size, num_negatives + 1)`): candidate scores.
+        nbp_logits (`torch.FloatTensor` of shape `(batch_size, num_next, num_negatives + 1)`): candidate scores.
+        mbp_accuracy, nbp_accuracy (`torch.FloatTensor` of shape `()`): top-1 accuracy over labelled examples.
+    """
+
+    loss: torch.FloatTensor | None = None
+    mbp_loss: torch.FloatTensor | None = None
+    nbp_loss: torch.FloatTensor | None = None
+    mbp_logits: torch.FloatTensor | None = None
+    nbp_logits: torch.FloatTensor | None = None
+    mbp_accuracy: torch.FloatTensor | None = None
+    nbp_accuracy: torch.FloatTensor | None = None
+
+
+@dataclass
+class PTUMClassifierOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given): cross-entropy summed over heads.
+        logits (`torch.FloatTensor` of shape `(batch_size, sum(label_heads.values()))`): every head's logits,
+            concatenated in `config.label_heads` order; `model.split_logits(logits)` gives them per head.
+        user_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    user_embeddings: torch.FloatTensor | None = None
+
+
+@dataclass
+class PTUMCTROutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` is given): binary cross-entropy.
+        logits (`torch.FloatTensor` of shape `(batch_size,)`): click logits (user . ad + bias); sigmoid = probability.
+        user_embeddings, ad_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    user_embeddings: torch.FloatTensor | None = None
+    ad_embeddings: torch.FloatTensor | None = None
+
+
+def build_behavior_table(input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None, pad_token_id=0):
+    """Plain padded behaviors (B, N, L) -> the unique-behavior layout.
+
+    Returns `(behavior_input_ids (M, L), behavior_attention_mask (M, L), history_indices (B, N))`; a slot whose
+    tokens are all padding becomes -1. Identical token rows are stored once.
+    """
+    if attention_mask is None:
+        attention_mask = (input_ids != pad_token_id).long()
+    batch, slots, length = input_ids.shape
+    ids = input_ids.masked_fill(attention_mask == 0, pad_token_id).reshape(-1, length)
+    valid = attention_mask.reshape(-1, length).any(-1)
+    unique, inverse = torch.unique(ids[valid], dim=0, return_inverse=True)
+    history = torch.full((batch * slots,), PAD_INDEX, dtype=torch.long, device=input_ids.device)
+    history[valid] = inverse
+    return unique, (unique != pad_token_id).long(), history.view(batch, slots)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+class PTUMAdditiveAttention(nn.Module):
+    """Additive attention pooling: score_i = q . tanh(W x_i + b); returns sum_i softmax(score)_i x_i.
+
+    `x` (..., N, D), `mask` (..., N) bool -> (..., D). Rows with no valid item pool to zeros.
+    """
+
+    def __init__(self, dim: int, query_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, query_dim)
+        self.query = nn.Linear(query_dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.query(torch.tanh(self.proj(x))).squeeze(-1)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores.float(), dim=-1).to(x.dtype) * mask.to(x.dtype)
+        return torch.einsum("...n,...nd->...d", weights, x)
+
+
+class PTUMSelfAttention(nn.Module):
+    """Multi-head self-attention with fused scaled-dot-product attention. `x` (B, N, D_in) -> (B, N, H * d)."""
+
+    def __init__(self, in_dim: int, num_heads: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(in_dim, 3 * out_dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        # A row with no valid key would give NaN; let such rows attend everywhere, callers zero them afterwards.
+        key_mask = mask | ~mask.any(-1, keepdim=True)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+        )
+        return out.transpose(1, 2).reshape(batch, length, -1)
+
+
+class PTUMTransformerLayer(nn.Module):
+    """Post-norm transformer layer: self-attention and feed-forward, each with residual and LayerNorm."""
+
+    def __init__(self, config: PTUMConfig):
+        super().__init__()
+        dim = config.hidden_size
+        self.attention = PTUMSelfAttention(dim, config.num_attention_heads, dim, config.dropout)
+        self.output = nn.Linear(dim, dim)
+        self.attention_norm = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, config.intermediate_size), nn.GELU(), nn.Linear(config.intermediate_size, dim)
+        )
+        self.output_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.output(self.attention(x, mask))))
+        return self.output_norm(x + self.dropout(self.feed_forward(x)))
+
+
+def _packed_rnn(rnn: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor):
+    """Run an RNN over right-padded `x` (B, N, D) so padding never enters it; returns (outputs, last states)."""
+    lengths = mask.sum(-1).clamp(min=1).cpu()
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    outputs, state = rnn(packed)
+    outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=x.shape[1])
+    if isinstance(state, tuple):  # LSTM: (h, c)
+        state = state[0]
+    last = torch.cat([state[-1]] if not rnn.bidirectional else [state[-2], state[-1]], dim=-1)
+    return outputs, last
+
+
+# ----------------------------------------------------------------------------- behavior encoders
+
+
+class PTUMBehaviorEncoder(nn.Module):
+    """Encodes behavior texts. `input_ids`, `attention_mask` (M, L) -> (M, hidden_size).
+
+    `attention` is the paper's encoder (word + position embeddings, multi-head self-attention, additive attention);
+    `cnn` (HURA, NativeCTR), `lstm` (HAN's attentional bi-LSTM), `gru` (GRU4Rec) and `transformer` (BERT4Rec) share
+    the word embeddings and differ in the contextual layer.
+    """
+
+    def __init__(self, config: PTUMConfig):
+        super().__init__()
+        kind, dim, emb = config.behavior_encoder_type, config.hidden_size, config.word_embedding_dim
+        self.kind = kind
+        self.word_embeddings = nn.Embedding(config.vocab_size, emb, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_tokens_per_behavior, emb)
+        self.dropout = nn.Dropout(config.dropout)
+        self.input_proj = nn.Identity()
+        if kind == "attention":
+            self.context = PTUMSelfAttention(emb, config.num_attention_heads, dim, config.dropout)
+        elif kind == "cnn":
+            self.context = nn.Conv1d(emb, dim, config.cnn_kernel_size, padding=config.cnn_kernel_size // 2)
+        elif kind == "lstm":
+            self.context = nn.LSTM(emb, dim // 2, batch_first=True, bidirectional=True)
+        elif kind == "gru":
+            self.context = nn.GRU(emb, dim, batch_first=True)
+        elif kind == "transformer":
+            self.input_proj = nn.Linear(emb, dim)
+            self.context = nn.ModuleList(PTUMTransformerLayer(config) for _ in range(config.behavior_num_layers))
+        if kind != "gru":
+            self.pooling = PTUMAdditiveAttention(dim, config.additive_attention_dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.bool()
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids)
+        if self.kind in ("attention", "transformer"):  # recurrent and convolutional layers see order themselves
+            x = x + self.position_embeddings(positions)
+        x = self.dropout(x)
+        if self.kind == "attention":
+            x = self.context(x, mask)
+        elif self.kind == "cnn":
+            x = torch.relu(self.context(x.masked_fill(~mask[..., None], 0.0).transpose(1, 2))).transpose(1, 2)
+        elif self.kind == "lstm":
+            x, _ = _packed_rnn(self.context, x, mask)
+        elif self.kind == "gru":
+            return self.dropout(_packed_rnn(self.context, x, mask)[1]) * mask.any(-1, keepdim=True)
+        else:
+            x = self.input_proj(x)
+            for layer in self.context:
+                x = layer(x, mask)
+        return self.pooling(self.dropout(x), mask)
+
+
+class PTUMPretrainedTextEncoder(nn.Module):
+    """Any Hugging Face text encoder (built from `config.text_encoder_config`), mean-pooled and projected.
+
+    Its weights live in the PTUM checkpoint; `PTUMModel.from_text_encoder` loads the pretrained ones once.
+    """
+
+    def __init__(self, config: PTUMConfig):
+        super().__init__()
+        text_config = dict(config.text_encoder_config)
+        text_config = AutoConfig.for_model(text_config.pop("model_type"), **text_config)
+        self.encoder = AutoModel.from_config(text_config)
+        self.proj = nn.Linear(text_config.hidden_size, config.hidden_size)
+        self.frozen = config.freeze_text_encoder
+        if self.frozen:
+            self.encoder.requires_grad_(False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.proj(pooled)
+
+
+# ----------------------------------------------------------------------------- user encoder
+
+
+class PTUMUserEncoder(nn.Module):
+    """Behavior vectors + position and log2 time-gap embeddings -> per-behavior states and one user vector.
+
+    `x` (B, N, D), `mask` (B, N), `time_gaps` (B, N) seconds -> ((B, N, D), (B, D)).
+    """
+
+    def __init__(self, config: PTUMConfig):
+        super().__init__()
+        dim, kind = config.hidden_size, config.user_encoder_type
+        self.kind = kind
+        self.num_time_buckets = config.num_time_buckets
+        self.position_embeddings = nn.Embedding(config.max_behaviors + 1, dim)
+        self.time_embeddings = nn.Embedding(config.num_time_buckets, dim)
+        self.dropout = nn.Dropout(config.dropout)
+        if kind == "transformer":
+            self.layers = nn.ModuleList(PTUMTransformerLayer(config) for _ in range(config.user_num_layers))
+        elif kind == "gru":
+            self.rnn = nn.GRU(dim, dim, batch_first=True)
+        elif kind == "lstm":
+            self.rnn = nn.LSTM(dim, dim, batch_first=True)
+        if kind in ("transformer", "attention"):
+            self.pooling = PTUMAdditiveAttention(dim, config.additive_attention_dim)
+
+    def time_buckets(self, time_gaps: torch.Tensor) -> torch.Tensor:
+        """Seconds (B, N) -> bucket ids floor(log2(gap + 1)), clamped to the table; NaN and negatives go to 0."""
+        gaps = torch.nan_to_num(time_gaps.double(), nan=0.0, posinf=0.0).clamp(min=0.0)
+        return torch.log2(gaps + 1.0).floor().clamp(max=self.num_time_buckets - 1).long()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_gaps: torch.Tensor | None = None):
+        # Positions count valid slots from the oldest kept behavior (1-based, 0 = padding): padding-invariant.
+        positions = mask.long().cumsum(-1).clamp(max=self.position_embeddings.num_embeddings - 1) * mask
+        x = x + self.position_embeddings(positions)
+        if time_gaps is not None:
+            x = x + self.time_embeddings(self.time_buckets(time_gaps))
+        x = self.dropout(x) * mask[..., None]
+        if self.kind == "transformer":
+            for layer in self.layers:
+                x = layer(x, mask)
+        elif self.kind in ("gru", "lstm"):
+            x, last = _packed_rnn(self.rnn, x, mask)
+            states = x * mask[..., None]
+            return states, last * mask.any(-1, keepdim=True)
+        states = x * mask[..., None]
+        return states, self.pooling(states, mask)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class PTUMPreTrainedModel(PreTrainedModel):
+    config_class = PTUMConfig
+    config: PTUMConfig
+    base_model_prefix = "ptum"
+    main_input_name = "behavior_input_ids"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _no_split_modules = ["PTUMTransformerLayer"]
+
+    def _init_weights(self, module):
+        if isinstance(module, PTUMPretrainedTextEncoder):
+            return  # keeps the text encoder's own initialisation (or its pretrained weights)
+        if isinstance(module, nn.GRU):
+            for name, param in module.named_parameters():
+                (nn.init.xavier_uniform_ if "weight" in name else nn.init.zeros_)(param)
+            return
+        if isinstance(module, PTUMModel):
+            nn.init.normal_(module.mask_embedding, std=self.config.initializer_range)
+            return
+        super()._init_weights(module)
+
+    def register_for_auto_classes(self):
+        """Make `save_pretrained` copy this file and the config file beside the weights and map every Auto class,
+        so the checkpoint loads with `trust_remote_code=True` where `ptum_hf` is not installed."""
+        self.config.auto_map = dict(REMOTE_AUTO_MAP)
+        auto_class = {v.split(".")[-1]: k for k, v in REMOTE_AUTO_MAP.items()}.get(type(self).__name__, "AutoModel")
+        self.register_for_auto_class(auto_class)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading replaces parameters: re-apply the config's freezing.
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_user_model_if_configured()
+        return loaded
+
+    def _freeze_user_model_if_configured(self):
+        if self.config.freeze_user_model and hasattr(self, "ptum"):
+            self.ptum.requires_grad_(False)
+        for module in self.modules():
+            if isinstance(module, PTUMPretrainedTextEncoder) and module.frozen:
+                module.encoder.requires_grad_(False)
+
+    def freeze_user_model(self):
+        """Train only the head from now on (the paper's "no finetune" rows)."""
+        self.config.freeze_user_model = True
+        self.ptum.requires_grad_(False)
+
+
+class PTUMModel(PTUMPreTrainedModel):
+    """The PTUM user model: behavior encoder + user encoder. No head.
+
+    Example:
+
+    ```python
+    >>> out = model(behavior_input_ids, behavior_attention_mask, history_indices, history_time_gaps)
+    >>> out.user_embeddings.shape  # (batch_size, hidden_size)
+    ```
+    """
+
+    def __init__(self, config: PTUMConfig):
+        super().__init__(config)
+        if config.behavior_encoder_type == "pretrained":
+            self.behavior_encoder = PTUMPretrainedTextEncoder(config)
+        else:
+            self.behavior_encoder = PTUMBehaviorEncoder(config)
+        self.user_encoder = PTUMUserEncoder(config)
+        self.mask_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.post_init()
+        self._freeze_user_model_if_configured()
+
+    @classmethod
+    def from_text_encoder(cls, name_or_path: str, freeze: bool = False, **config_overrides) -> "PTUMModel":
+        """A PTUM model whose behavior encoder starts from a pretrained Hugging Face text encoder (e.g. MiniLM)."""
+        text_encoder = AutoModel.from_pretrained(name_or_path)
+        text_config = text_encoder.config.to_dict()
+        config = PTUMConfig(
+            behavior_encoder_type="pretrained",
+            text_encoder_config=text_config,
+            freeze_text_encoder=freeze,
+            vocab_size=text_encoder.config.vocab_size,
+            pad_token_id=text_encoder.config.pad_token_id or 0,
+            **config_overrides,
+        )
+        model = cls(config)
+        model.behavior_encoder.encoder.load_state_dict(text_encoder.state_dict())
+        return model
+
+    def encode_behaviors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode behavior texts alone: (M, L) token ids -> (M, hidden_size). Cache these to embed many users."""
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        # Drop all-padding token columns: L is the longest behavior here, not a fixed maximum.
+        length = max(int(attention_mask.sum(-1).max()) if attention_mask.numel() else 1, 1)
+        length = min(length, self.config.max_tokens_per_behavior)
+        return self.behavior_encoder(input_ids[:, :length], attention_mask[:, :length])
+
+    def gather_behaviors(self, behavior_embeddings: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Look up rows of the behavior table; -1 (padding) gives zeros and -2 the learned mask vector."""
+        zeros = behavior_embeddings.new_zeros(1, behavior_embeddings.shape[-1])
+        mask = self.mask_embedding.to(behavior_embeddings.dtype)[None]
+        table = torch.cat([behavior_embeddings, zeros, mask])
+        num = behavior_embeddings.shape[0]
+        rows = torch.where(indices == PAD_INDEX, num, torch.where(indices == MASK_INDEX, num + 1, indices))
+        return table[rows]
+
+    def encode_users(
+        self, behavior_embeddings: torch.Tensor, history_indices: torch.Tensor, history_time_gaps=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, D) behavior table + (B, N) history -> ((B, N, D) states, (B, D) user vectors)."""
+        mask = history_indices != PAD_INDEX
+        x = self.gather_behaviors(behavior_embeddings, history_indices)
+        return self.user_encoder(x, mask, history_time_gaps)
+
+    def forward(
+        self,
+        behavior_input_ids: torch.LongTensor | None = None,
+        behavior_attention_mask: torch.LongTensor | None = None,
+        history_indices: torch.LongTensor | None = None,
+        history_time_gaps: torch.Tensor | None = None,
+        behavior_embeddings: torch.FloatTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PTUMModelOutput:
+        r"""
+        Args:
+            behavior_input_ids (`torch.LongTensor` of shape `(num_unique_behaviors, max_tokens)`): token ids of the
+                batch's unique behaviors.
+            behavior_attention_mask (`torch.LongTensor` of shape `(num_unique_behaviors, max_tokens)`).
+            history_indices (`torch.LongTensor` of shape `(batch_size, num_behaviors)`): rows of the behavior table,
+                oldest first, -1 for padding, -2 for a masked slot.
+            history_time_gaps (`torch.Tensor` of shape `(batch_size, num_behaviors)`, *optional*): seconds from each
+                behavior to the reference time.
+            behavior_embeddings (`torch.FloatTensor` of shape `(num_unique_behaviors, hidden_size)`, *optional*):
+                pre-computed behavior vectors (from `encode_behaviors`); replaces the two token inputs.
+        """
+        if history_indices is None:
+            raise ValueError("history_indices is required: (batch_size, num_behaviors) rows of the behavior table")
+        if behavior_embeddings is None:
+            if behavior_input_ids is None:
+                raise ValueError("give behavior_input_ids (and behavior_attention_mask) or behavior_embeddings")
+            behavior_embeddings = self.encode_behaviors(behavior_input_ids, behavior_attention_mask)
+        _check_indices(history_indices, behavior_embeddings.shape[0], "history_indices")
+        states, users = self.encode_users(behavior_embeddings, history_indices, history_time_gaps)
+        return PTUMModelOutput(user_embeddings=users, last_hidden_state=states, behavior_embeddings=behavior_embeddings)
+
+
+def _check_indices(indices: torch.Tensor, num_behaviors: int, name: str):
+    if indices.numel() and (int(indices.max()) >= num_behaviors or int(indices.min()) < MASK_INDEX):
+        raise ValueError(
+            f"{name} must hold rows of the behavior table in [0, {num_behaviors}) or -1 (padding) / -2 (mask); "
+            f"got values in [{int(indices.min())}, {int(indices.max())}]"
+        )
+
+
+def _candidate_loss(user: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor | None):
+    """Dot-product scores of (B, ..., C, D) candidates against (B, D) users; softmax cross-entropy over C.
+
+    Returns (logits (B, ..., C), loss, top-1 accuracy); labels of -100 are ignored, and a batch without any
+    labelled example gives a zero loss that still has a gradient.
+    """
+    shape = candidates.shape
+    logits = torch.einsum("bcd,bd->bc", candidates.reshape(shape[0], -1, shape[-1]), user).view(shape[:-1])
+    if labels is None:
+        return logits, None, None
+    flat_logits, flat_labels = logits.reshape(-1, shape[-2]).float(), labels.reshape(-1)
+    valid = flat_labels != IGNORE_INDEX
+    if not bool(valid.any()):
+        zero = flat_logits.sum() * 0.0
+        return logits, zero, zero.detach()
+    loss = F.cross_entropy(flat_logits[valid], flat_labels[valid])
+    accuracy = (flat_logits[valid].argmax(-1) == flat_labels[valid]).float().mean()
+    return logits, loss, accuracy
+
+
+class PTUMForPretraining(PTUMPreTrainedModel):
+    """PTUM with its two self-supervised tasks: masked behavior prediction (MBP) and next-K behaviors prediction
+    (NBP). Loss = MBP + lambda * NBP, each a softmax over the positive and P negatives scored by dot product."""
+
+    def __init__(self, config: PTUMConfig):
+        super().__init__(config)
+        self.ptum = PTUMModel(config)
+        self.post_init()
+        self._freeze_user_model_if_configured()
+
+    def forward(
+        self,
+        behavior_input_ids: torch.LongTensor | None = None,
+        behavior_attention_mask: torch.LongTensor | None = None,
+        mbp_history_indices: torch.LongTensor | None = None,
+        mbp_history_time_gaps: torch.Tensor | None = None,
+        mbp_candidate_indices: torch.LongTensor | None = None,
+        mbp_labels: torch.LongTensor | None = None,
+        nbp_history_indices: torch.LongTensor | None = None,
+        nbp_history_time_gaps: torch.Tensor | None = None,
+        nbp_candidate_indices: torch.LongTensor | None = None,
+        nbp_labels: torch.LongTensor | None = None,
+        behavior_embeddings: torch.FloatTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PTUMForPretrainingOutput:
+        r"""
+        Args:
+            behavior_input_ids, behavior_attention_mask (`(num_unique_behaviors, max_tokens)`): the behavior table.
+            mbp_history_indices (`(batch_size, n1)`): the history with one slot set to -2 (masked).
+            mbp_candidate_indices (`(batch_size, num_negatives + 1)`): the masked behavior and its negatives.
+            mbp_labels (`(batch_size,)`): position of the positive among the candidates; -100 to ignore.
+            nbp_history_indices (`(batch_size, n2)`): the history before the next K behaviors.
+            nbp_candidate_indices (`(batch_size, num_next, num_negatives + 1)`): each next behavior and negatives.
+            nbp_labels (`(batch_size, num_next)`): positions of the positives; -100 to ignore.
+            *_history_time_gaps (same shape as the history): seconds to the view's reference time.
+        """
+        if behavior_embeddings is None:
+            behavior_embeddings = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask)
+        num = behavior_embeddings.shape[0]
+        out = PTUMForPretrainingOutput()
+        losses = []
+        # The behavior table is encoded once and shared by both views and all candidates.
+        if self.config.use_mbp and mbp_history_indices is not None:
+            _check_indices(mbp_history_indices, num, "mbp_history_indices")
+            _check_indices(mbp_candidate_indices, num, "mbp_candidate_indices")
+            _, user = self.ptum.encode_users(behavior_embeddings, mbp_history_indices, mbp_history_time_gaps)
+            candidates = self.ptum.gather_behaviors(behavior_embeddings, mbp_candidate_indices)
+            out.mbp_logits, out.mbp_loss, out.mbp_accuracy = _candidate_loss(user, candidates, mbp_labels)
+            if out.mbp_loss is not None:
+                losses.append(out.mbp_loss)
+        if self.config.use_nbp and nbp_history_indices is not None:
+            _check_indices(nbp_history_indices, num, "nbp_history_indices")
+            _check_indices(nbp_candidate_indices, num, "nbp_candidate_indices")
+            _, user = self.ptum.encode_users(behavior_embeddings, nbp_history_indices, nbp_history_time_gaps)
+            candidates = self.ptum.gather_behaviors(behavior_embeddings, nbp_candidate_indices)
+            out.nbp_logits, out.nbp_loss, out.nbp_accuracy = _candidate_loss(user, candidates, nbp_labels)
+            if out.nbp_loss is not None:
+                losses.append(self.config.nbp_weight * out.nbp_loss)
+        if losses:
+            out.loss = sum(losses)
+        return out
+
+
+class PTUMForDemographicClassification(PTUMPreTrainedModel):
+    """PTUM user model with one linear classifier per label head (for example `age` with 4 classes and `gender`
+    with 2); the loss is summed over heads. Works with the Trainer (`labels` is the only label argument)."""
+
+    def __init__(self, config: PTUMConfig):
+        super().__init__(config)
+        self.ptum = PTUMModel(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, sum(config.label_heads.values()))
+        self.post_init()
+        self._freeze_user_model_if_configured()
+
+    def split_logits(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(..., sum of classes) -> {head name: (..., classes)} in `config.label_heads` order."""
+        return dict(zip(self.config.label_heads, logits.split(list(self.config.label_heads.values()), dim=-1)))
+
+    def forward(
+        self,
+        behavior_input_ids: torch.LongTensor | None = None,
+        behavior_attention_mask: torch.LongTensor | None = None,
+        history_indices: torch.LongTensor | None = None,
+        history_time_gaps: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        behavior_embeddings: torch.FloatTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PTUMClassifierOutput:
+        r"""
+        Args:
+            labels (`torch.LongTensor` of shape `(batch_size, num_heads)`, or `(batch_size,)` with one head,
+                *optional*): class ids per head in `config.label_heads` order; -100 where a label is missing.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_user_model):
+            user = self.ptum(
+                behavior_input_ids, behavior_attention_mask, history_indices, history_time_gaps, behavior_embeddings
+            ).user_embeddings
+        logits = self.classifier(self.dropout(user))
+        loss = None
+        if labels is not None:
+            labels = labels.view(labels.shape[0], -1)
+            if labels.shape[1] != len(self.config.label_heads):
+                raise ValueError(
+                    f"labels has {labels.shape[1]} columns but config.label_heads has "
+                    f"{len(self.config.label_heads)} heads: {list(self.config.label_heads)}"
+                )
+            loss = logits.new_zeros((), dtype=torch.float32)
+            for column, (head, head_logits) in enumerate(self.split_logits(logits).items()):
+                head_labels = labels[:, column]
+                valid = head_labels != IGNORE_INDEX
+                if bool(valid.any()):
+                    loss = loss + F.cross_entropy(head_logits[valid].float(), head_labels[valid])
+        return PTUMClassifierOutput(loss=loss, logits=logits, user_embeddings=user)
+
+
+class PTUMForCTR(PTUMPreTrainedModel):
+    """PTUM user model scoring a candidate ad: the ad's title and description are encoded by the behavior encoder
+    (shared with the user side unless `config.share_ad_encoder=False`), combined by additive attention as in the
+    paper's ad encoder, and the click logit is the user/ad dot product plus a bias."""
+
+    def __init__(self, config: PTUMConfig):
+        super().__init__(config)
+        self.ptum = PTUMModel(config)
+        self.ad_encoder = None if config.share_ad_encoder else PTUMBehaviorEncoder(config)
+        self.ad_projection = nn.Linear(config.hidden_size, config.hidden_size)
+        self.ad_pooling = PTUMAdditiveAttention(config.hidden_size, config.additive_attention_dim)
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.post_init()
+        self._freeze_user_model_if_configured()
+
+    def encode_ads(self, behavior_embeddings, title_indices, description_indices=None, ad_behavior_embeddings=None):
+        """(B,) title and description rows -> (B, D) ad vectors. A description of -1 is left out of the pooling."""
+        table = behavior_embeddings if ad_behavior_embeddings is None else ad_behavior_embeddings
+        if description_indices is None:
+            description_indices = torch.full_like(title_indices, PAD_INDEX)
+        parts = torch.stack([title_indices, description_indices], dim=1)
+        vectors = self.ad_projection(self.ptum.gather_behaviors(table, parts))
+        return self.ad_pooling(vectors, parts != PAD_INDEX)
+
+    def forward(
+        self,
+        behavior_input_ids: torch.LongTensor | None = None,
+        behavior_attention_mask: torch.LongTensor | None = None,
+        history_indices: torch.LongTensor | None = None,
+        history_time_gaps: torch.Tensor | None = None,
+        ad_title_indices: torch.LongTensor | None = None,
+        ad_description_indices: torch.LongTensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        behavior_embeddings: torch.FloatTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PTUMCTROutput:
+        r"""
+        Args:
+            ad_title_indices (`torch.LongTensor` of shape `(batch_size,)`): the ad title's row in the behavior table.
+            ad_description_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*): the description's row,
+                -1 when the ad has none.
+            labels (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): 1 for a click, 0 otherwise.
+        """
+        if ad_title_indices is None:
+            raise ValueError("ad_title_indices is required: (batch_size,) rows of the behavior table")
+        frozen = self.config.freeze_user_model
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            if behavior_embeddings is None:
+                behavior_embeddings = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask)
+            _check_indices(ad_title_indices, behavior_embeddings.shape[0], "ad_title_indices")
+            user = self.ptum(history_indices=history_indices, history_time_gaps=history_time_gaps,
+                             behavior_embeddings=behavior_embeddings).user_embeddings
+        ad_table = None
+        if self.ad_encoder is not None:
+            ad_table = self.ad_encoder(behavior_input_ids, behavior_attention_mask)
+        ad = self.encode_ads(behavior_embeddings, ad_title_indices, ad_description_indices, ad_table)
+        logits = (user * ad).sum(-1) + self.bias
+        loss = None
+        if labels is not None:
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float().view(-1))
+        return PTUMCTROutput(loss=loss, logits=logits, user_embeddings=user, ad_embeddings=ad)
+
+
+__all__ = [
+    "build_behavior_table",
+    "PTUMPreTrainedModel",
+    "PTUMModel",
+    "PTUMForPretraining",
+    "PTUMForDemographicClassification",
+    "PTUMForCTR",
+    "PTUMModelOutput",
+    "PTUMForPretrainingOutput",
+    "PTUMClassifierOutput",
+    "PTUMCTROutput",
+]
