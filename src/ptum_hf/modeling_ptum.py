@@ -11,6 +11,7 @@ Only torch, public transformers API and the config are imported, so a checkpoint
 `trust_remote_code=True` where `ptum_hf` is not installed.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -350,6 +351,14 @@ class PTUMPreTrainedModel(PreTrainedModel):
         self.config.auto_map = dict(REMOTE_AUTO_MAP)
         auto_class = {v.split(".")[-1]: k for k, v in REMOTE_AUTO_MAP.items()}.get(type(self).__name__, "AutoModel")
         self.register_for_auto_class(auto_class)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        # A head without its own Auto class (CTR) registers as AutoModel; keep AutoModel pointing at the encoder.
+        if getattr(self.config, "auto_map", None) and self.config.auto_map != REMOTE_AUTO_MAP:
+            if set(self.config.auto_map) <= set(REMOTE_AUTO_MAP):
+                self.config.auto_map = dict(REMOTE_AUTO_MAP)
+                self.config.to_json_file(os.path.join(save_directory, "config.json"))
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

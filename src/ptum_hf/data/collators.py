@@ -1,0 +1,409 @@
+"""
+Collators turning users (rows of `BehaviorDataset.users`) or CTR impressions into the batches PTUM models take.
+
+Every batch holds a table of its UNIQUE behaviors, tokenized once:
+    `behavior_input_ids`, `behavior_attention_mask`: LongTensor (M, L), padded with the tokenizer's pad id to the
+    longest behavior of the batch (at most `max_tokens`).
+Everything else points at rows of that table. A history is
+    `*history_indices`: LongTensor (B, N), oldest first, the most recent `max_behaviors` behaviors, right-padded
+        with -1 (the masked MBP slot holds -2);
+    `*history_time_gaps`: FloatTensor (B, N), seconds from each behavior to the last behavior of that history
+        (>= 0; 0 at padding).
+
+Rows may hold `behavior_ids` (needs a `BehaviorTokenCache`) or, from `stream_behavior_log`, `behavior_texts`
+(needs a `tokenizer`; texts are deduplicated and tokenized per batch). Other columns are ignored. With the HF
+`Trainer`, pass `remove_unused_columns=False` so it keeps `behavior_ids` and `timestamps`.
+
+Collators are picklable (DataLoader workers). Randomness comes from a numpy generator seeded by `seed`; inside a
+DataLoader worker it is reseeded from the worker's torch seed (different per worker and epoch, reproducible under
+`torch.manual_seed`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .dataset import BehaviorDataset, UserSequences
+from .negatives import NegativeSampler, sample_negatives
+from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, tokenize
+
+
+MASKED = -2  # the MBP slot whose behavior is to be predicted
+PADDING = -1  # history padding, and "no ad description"
+IGNORE_INDEX = -100
+NEGATIVE_SAMPLING = ("occurrence", "uniform", "batch")
+
+
+@dataclass
+class _Events:
+    """A batch's events, flat: user b's are `ids[offsets[b]:offsets[b + 1]]`; ids index `texts` in text mode."""
+
+    ids: np.ndarray
+    times: np.ndarray
+    offsets: np.ndarray
+    texts: np.ndarray | None = None  # text mode: the local vocabulary
+    pool: np.ndarray | None = None  # text mode: ids of the recent-texts buffer
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@dataclass
+class BehaviorCollatorBase:
+    """Shared parts: reading rows, history windows, the unique-behavior table. Not used directly."""
+
+    token_cache: BehaviorTokenCache | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+    max_behaviors: int = 100
+    max_tokens: int = 30
+    seed: int | None = None
+    _rng: np.random.Generator | None = field(default=None, init=False, repr=False, compare=False)
+    _rng_owner: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.token_cache is None and self.tokenizer is None:
+            raise ValueError("pass token_cache (rows with behavior_ids) or tokenizer (rows with behavior_texts)")
+        if self.max_behaviors < 1:
+            raise ValueError(f"max_behaviors must be >= 1, got {self.max_behaviors}")
+
+    # -- randomness -------------------------------------------------------------------------------------------
+    def generator(self) -> np.random.Generator:
+        """This process's generator: from `seed` in the main process, from the worker's torch seed in a worker."""
+        info = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), None if info is None else info.seed)
+        if self._rng is None or self._rng_owner != owner:
+            if info is None:
+                self._rng = np.random.default_rng(self.seed) if self._rng is None else self._rng
+            else:
+                self._rng = np.random.default_rng([self.seed or 0, info.seed % 2**63])
+            self._rng_owner = owner
+        return self._rng
+
+    # -- rows -------------------------------------------------------------------------------------------------
+    def read_users(self, features: Sequence[dict], keep: int, pool_texts: Sequence[str] = ()) -> _Events:
+        """The last `keep` behaviors (ids or texts) and times of each row, checked and flattened."""
+        if not features:
+            raise ValueError("empty batch")
+        first = features[0]
+        text_mode = "behavior_ids" not in first
+        key = "behavior_texts" if text_mode else "behavior_ids"
+        if key not in first or "timestamps" not in first:
+            raise KeyError(f"rows need 'behavior_ids' (or 'behavior_texts') and 'timestamps'; got {sorted(first)}")
+        if text_mode and self.tokenizer is None:
+            raise ValueError("rows hold behavior_texts: pass tokenizer= to the collator")
+        if not text_mode and self.token_cache is None:
+            raise ValueError("rows hold behavior_ids: pass token_cache= to the collator")
+        values = [f[key][-keep:] for f in features]
+        times = [f["timestamps"][-keep:] for f in features]
+        lengths = np.fromiter(map(len, values), np.int64, len(values))
+        bad = (lengths == 0) | (lengths != np.fromiter(map(len, times), np.int64, len(times)))
+        if bad.any():
+            row = features[int(np.argmax(bad))]
+            raise ValueError(f"user {row.get('user_id', '?')!r} has no behaviors or {key} and timestamps differ "
+                             "in length")
+        offsets = np.zeros(len(values) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat_times = np.fromiter(itertools.chain.from_iterable(times), np.int64, int(offsets[-1]))
+        decreasing = np.flatnonzero(np.diff(flat_times) < 0) + 1
+        if len(decreasing) and np.isin(decreasing, offsets).sum() < len(decreasing):
+            row = features[int(np.searchsorted(offsets, decreasing[~np.isin(decreasing, offsets)][0], "right") - 1)]
+            raise ValueError(f"user {row.get('user_id', '?')!r}: timestamps are not in time order "
+                             "(read_behavior_log sorts them)")
+        if not text_mode:
+            flat = np.fromiter(itertools.chain.from_iterable(values), np.int64, int(offsets[-1]))
+            return _Events(flat, flat_times, offsets)
+        texts = np.fromiter(itertools.chain.from_iterable(values), object, int(offsets[-1]))
+        codes, vocabulary = pd.factorize(np.concatenate([texts, np.asarray(list(pool_texts), dtype=object)]))
+        return _Events(codes[: len(texts)].astype(np.int64), flat_times, offsets, np.asarray(vocabulary, object),
+                       codes[len(texts):].astype(np.int64))
+
+    def vocabulary_size(self, events: _Events) -> int:
+        return len(events.texts) if events.texts is not None else len(self.token_cache)
+
+    @staticmethod
+    def windows(events: _Events, starts: np.ndarray, ends: np.ndarray, max_behaviors: int):
+        """(ids (B, N) with -1 padding, time gaps (B, N) float32, lengths (B,)) of events [starts, ends), keeping
+        the last `max_behaviors`; the reference time is the last event of each window."""
+        lengths = np.minimum(ends - starts, max_behaviors)
+        width = int(lengths.max()) if len(lengths) else 0
+        index = (ends - lengths)[:, None] + np.arange(width)
+        valid = np.arange(width) < lengths[:, None]
+        index = np.where(valid, index, 0)
+        ids = np.where(valid, events.ids[index], PADDING)
+        reference = events.times[np.maximum(ends - 1, 0)]
+        gaps = np.where(valid, reference[:, None] - events.times[index], 0).astype(np.float32)
+        return ids, gaps, lengths
+
+    def behavior_table(self, events: _Events, *referenced: np.ndarray):
+        """(table of unique behavior ids, input_ids (M, L), attention_mask (M, L)) over every id >= 0 referenced."""
+        table = np.unique(np.concatenate([r[r >= 0] for r in referenced]))
+        if events.texts is None:
+            input_ids, mask = self.token_cache.gather(table)
+            return table, input_ids, mask
+        tokens = tokenize(self.tokenizer, events.texts[table].tolist(), self.max_tokens)
+        lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
+        offsets = np.zeros(len(tokens) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(tokens), np.int64, int(offsets[-1]))
+        input_ids, mask = gather_ragged(flat, offsets, np.arange(len(tokens)), pad_token_id_of(self.tokenizer))
+        return table, input_ids, mask
+
+    @staticmethod
+    def rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Behavior ids -> rows of the table; negative markers (-1, -2) stay."""
+        return np.where(ids >= 0, np.searchsorted(table, np.maximum(ids, 0)), ids)
+
+
+def _tensors(**arrays) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
+
+
+@dataclass
+class PretrainingCollator(BehaviorCollatorBase):
+    """
+    One MBP (masked behavior prediction) and one NBP (next K behaviors prediction) example per user.
+
+    Batch (besides the behavior table):
+        `mbp_history_indices`, `mbp_history_time_gaps` (B, N1): the user's last `max_behaviors` behaviors, one slot
+            (uniformly chosen) holding -2, the masked behavior;
+        `mbp_candidate_indices` (B, P+1): the masked behavior and P negatives, in random order;
+        `mbp_labels` (B,): position of the masked behavior among the candidates; -100 if the user has < 2 behaviors
+            (then nothing is masked);
+        `nbp_history_indices`, `nbp_history_time_gaps` (B, N2): the last `max_behaviors` behaviors before the next
+            ones. Rule: with n behaviors, k = min(K, n - 1) are predicted and the history is the first n - k, so it
+            is never empty (n = 2, K = 2: history 1 behavior, only k = 0 predicted);
+        `nbp_candidate_indices` (B, K, P+1), `nbp_labels` (B, K): for the k-th next behavior (k = 0 first after the
+            history), it and P negatives in random order, and its position; -100 where unavailable.
+    Candidates of a -100 example point at row 0 (valid, ignored by the loss).
+
+    Negatives (see `NegativeSampler`): `negative_sampling="occurrence"` (default, the paper's: any event of the corpus,
+    via `negative_sampler`), `"uniform"` (distinct behaviors), or `"batch"` (the other users' events in the
+    batch). Never the positive; the user's own behaviors are avoided. Rows with `behavior_texts` draw corpus
+    negatives from a buffer of the last `text_buffer_size` texts seen (this batch included).
+
+    Example:
+
+    ```python
+    >>> collator = PretrainingCollator.from_dataset(data, tokenizer, seed=0)
+    >>> batch = collator([data.users[i] for i in range(32)])
+    ```
+    """
+
+    negative_sampler: NegativeSampler | None = None
+    num_negatives: int = 4
+    num_next: int = 2
+    negative_sampling: str = "occurrence"
+    text_buffer_size: int = 100_000
+    _buffer: deque | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {self.negative_sampling!r}")
+        if self.num_negatives < 1 or self.num_next < 1:
+            raise ValueError("num_negatives and num_next must be >= 1")
+        sampler = self.negative_sampler
+        if sampler is not None and self.negative_sampling != "batch" and sampler.weighting != self.negative_sampling:
+            raise ValueError(f"negative_sampling={self.negative_sampling!r} but the negative_sampler was built with "
+                             f"weighting={sampler.weighting!r}")
+
+    @classmethod
+    def from_dataset(cls, dataset: BehaviorDataset, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 30,
+                     token_cache: BehaviorTokenCache | None = None, **kwargs) -> "PretrainingCollator":
+        """Build the token cache (unless given) and the corpus negative sampler of `dataset`."""
+        weighting = kwargs.get("negative_sampling", "occurrence")
+        sampler = None if weighting == "batch" else NegativeSampler.from_dataset(dataset, weighting)
+        cache = token_cache or BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
+        return cls(token_cache=cache, tokenizer=tokenizer, max_tokens=max_tokens, negative_sampler=sampler, **kwargs)
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        K, P = self.num_next, self.num_negatives
+        text_mode = "behavior_ids" not in features[0]
+        if text_mode and self._buffer is None:
+            self._buffer = deque(maxlen=self.text_buffer_size)
+        events = self.read_users(features, self.max_behaviors + K, self._buffer if text_mode else ())
+        rng = self.generator()
+        B, n, starts = len(features), events.lengths, events.offsets[:-1]
+        users = np.arange(B)
+
+        # MBP: mask one slot of the last max_behaviors behaviors.
+        mbp_ids, mbp_gaps, width = self.windows(events, starts, starts + n, self.max_behaviors)
+        mbp_ok = n >= 2
+        slot = (rng.random(B) * width).astype(np.int64)
+        mbp_positive = mbp_ids[users, slot]
+        mbp_ids[users[mbp_ok], slot[mbp_ok]] = MASKED
+
+        # NBP: predict the next k = min(K, n - 1) behaviors from the n - k before them.
+        available = np.clip(n - 1, 0, K)
+        cut = starts + n - available
+        nbp_ids, nbp_gaps, _ = self.windows(events, starts, cut, self.max_behaviors)
+        has_next = np.arange(K) < available[:, None]
+        next_index = np.minimum(cut[:, None] + np.arange(K), len(events.ids) - 1)
+        next_ids = np.where(has_next, events.ids[next_index], PADDING)
+
+        positives = np.concatenate([mbp_positive[mbp_ok], next_ids[has_next]])
+        owners = np.concatenate([users[mbp_ok], np.nonzero(has_next)[0]])
+        negatives, impossible = self.negatives(events, positives, owners, rng)
+        candidates, labels = _place(positives, negatives, rng)
+        labels[impossible] = IGNORE_INDEX
+
+        mbp_candidates = np.zeros((B, P + 1), np.int64)
+        mbp_labels = np.full(B, IGNORE_INDEX, np.int64)
+        count = int(mbp_ok.sum())
+        mbp_candidates[mbp_ok], mbp_labels[mbp_ok] = candidates[:count], labels[:count]
+        nbp_candidates = np.zeros((B, K, P + 1), np.int64)
+        nbp_labels = np.full((B, K), IGNORE_INDEX, np.int64)
+        nbp_candidates[has_next], nbp_labels[has_next] = candidates[count:], labels[count:]
+
+        table, input_ids, mask = self.behavior_table(events, mbp_ids, nbp_ids, positives, negatives)
+        mbp_candidates = np.where(mbp_labels[:, None] >= 0, self.rows(table, mbp_candidates), 0)
+        nbp_candidates = np.where(nbp_labels[..., None] >= 0, self.rows(table, nbp_candidates), 0)
+        if text_mode:
+            self._buffer.extend(events.texts[events.ids].tolist())
+        return _tensors(
+            behavior_input_ids=input_ids,
+            behavior_attention_mask=mask,
+            mbp_history_indices=self.rows(table, mbp_ids),
+            mbp_history_time_gaps=mbp_gaps,
+            mbp_candidate_indices=mbp_candidates,
+            mbp_labels=mbp_labels,
+            nbp_history_indices=self.rows(table, nbp_ids),
+            nbp_history_time_gaps=nbp_gaps,
+            nbp_candidate_indices=nbp_candidates,
+            nbp_labels=nbp_labels,
+        )
+
+    def negatives(self, events: _Events, positives, owners, rng):
+        """(R, P) negatives for the positives, and which ones are impossible (no other behavior to draw)."""
+        key_base = self.vocabulary_size(events)
+        own_keys = np.unique(np.repeat(np.arange(len(events.lengths)), events.lengths) * key_base + events.ids)
+        args = dict(num=self.num_negatives, rng=rng, owners=owners, own_keys=own_keys, key_base=key_base)
+        if self.negative_sampling == "batch":
+            return sample_negatives(events.ids, positives, **args)
+        if events.texts is not None:  # streaming: the buffer of recent texts plus this batch
+            pool = np.concatenate([events.pool, events.ids])
+            return sample_negatives(np.unique(pool) if self.negative_sampling == "uniform" else pool, positives,
+                                    **args)
+        if self.negative_sampler is None:
+            raise ValueError(
+                "no corpus to draw negatives from: pass negative_sampler=NegativeSampler.from_dataset(data) (or use "
+                "PretrainingCollator.from_dataset), or negative_sampling='batch'"
+            )
+        return self.negative_sampler.sample(positives, **args)
+
+
+def _place(positives: np.ndarray, negatives: np.ndarray, rng: np.random.Generator):
+    """Candidates (R, P+1): the negatives with the positive inserted at a uniformly random position; positions."""
+    R, P = negatives.shape
+    position = rng.integers(0, P + 1, R)
+    columns = np.arange(P + 1)
+    source = np.minimum(columns - (columns > position[:, None]), P - 1)
+    candidates = negatives[np.arange(R)[:, None], source]
+    candidates[np.arange(R), position] = positives
+    return candidates, position.astype(np.int64)
+
+
+@dataclass
+class DemographicsCollator(BehaviorCollatorBase):
+    """
+    User-level classification (e.g. age and gender): `history_indices`, `history_time_gaps` (B, N): the user's last
+    `max_behaviors` behaviors; `labels` LongTensor (B, H), one column per name of `label_names` in that order,
+    -100 where the user's label is missing (None or negative).
+    """
+
+    label_names: Sequence[str] = ("age", "gender")
+
+    @classmethod
+    def from_dataset(cls, dataset: BehaviorDataset, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 30,
+                     token_cache: BehaviorTokenCache | None = None, **kwargs) -> "DemographicsCollator":
+        kwargs.setdefault("label_names", tuple(dataset.label_classes))
+        cache = token_cache or BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
+        return cls(token_cache=cache, tokenizer=tokenizer, max_tokens=max_tokens, **kwargs)
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        events = self.read_users(features, self.max_behaviors)
+        starts = events.offsets[:-1]
+        ids, gaps, _ = self.windows(events, starts, events.offsets[1:], self.max_behaviors)
+        table, input_ids, mask = self.behavior_table(events, ids)
+        return _tensors(
+            behavior_input_ids=input_ids,
+            behavior_attention_mask=mask,
+            history_indices=self.rows(table, ids),
+            history_time_gaps=gaps,
+            labels=self.labels(features),
+        )
+
+    def labels(self, features: Sequence[dict]) -> np.ndarray:
+        missing = [name for name in self.label_names if name not in features[0]]
+        if missing:
+            raise KeyError(f"rows lack label column(s) {missing}; they have {sorted(features[0])}")
+        values = np.array([[_label(f[name]) for name in self.label_names] for f in features], np.int64)
+        return values.reshape(len(features), len(self.label_names))
+
+
+def _label(value) -> int:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value < 0:
+        return IGNORE_INDEX
+    return int(value)
+
+
+@dataclass
+class CTRCollator(BehaviorCollatorBase):
+    """
+    CTR impressions (rows of `BehaviorDataset.ctr[split]`: `user_index`, `history_end`, `ad_title_id`,
+    `ad_description_id`, `label`) -> `history_indices`, `history_time_gaps` (B, N): the user's last `max_behaviors`
+    behaviors before the impression; `ad_title_indices`, `ad_description_indices` (B,) rows of the behavior table
+    (-1: no description); `labels` FloatTensor (B,) of 0/1.
+    """
+
+    sequences: UserSequences | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sequences is None or self.token_cache is None:
+            raise ValueError("CTRCollator needs sequences= (dataset.sequences()) and token_cache=")
+
+    @classmethod
+    def from_dataset(cls, dataset: BehaviorDataset, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 30,
+                     token_cache: BehaviorTokenCache | None = None, **kwargs) -> "CTRCollator":
+        cache = token_cache or BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
+        return cls(token_cache=cache, tokenizer=tokenizer, max_tokens=max_tokens, sequences=dataset.sequences(),
+                   **kwargs)
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("empty batch")
+        column = {name: np.array([f[name] for f in features], np.int64)
+                  for name in ("user_index", "history_end", "ad_title_id", "ad_description_id")}
+        users, ends = column["user_index"], column["history_end"]
+        seq = self.sequences
+        if users.min() < 0 or users.max() >= len(seq):
+            raise IndexError(f"user_index outside 0..{len(seq) - 1}")
+        lengths = seq.lengths[users]
+        if (ends < 1).any() or (ends > lengths).any():
+            bad = int(np.argmax((ends < 1) | (ends > lengths)))
+            raise ValueError(f"history_end {ends[bad]} is outside 1..{lengths[bad]} for user_index {users[bad]}")
+        events = _Events(seq.behavior_ids, seq.timestamps, seq.offsets)
+        starts = seq.offsets[users]
+        ids, gaps, _ = self.windows(events, starts, starts + ends, self.max_behaviors)
+        titles, descriptions = column["ad_title_id"], column["ad_description_id"]
+        table, input_ids, mask = self.behavior_table(events, ids, titles, descriptions)
+        return _tensors(
+            behavior_input_ids=input_ids,
+            behavior_attention_mask=mask,
+            history_indices=self.rows(table, ids),
+            history_time_gaps=gaps,
+            ad_title_indices=self.rows(table, titles),
+            ad_description_indices=self.rows(table, descriptions),
+            labels=np.array([f["label"] for f in features], np.float32),
+        )

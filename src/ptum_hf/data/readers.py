@@ -1,0 +1,335 @@
+"""Reading tables (CSV, TSV, JSON lines, Parquet) in chunks, with errors that name the file, line and column."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import glob
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import BehaviorLogError
+
+
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+ROW = "_row"  # column holding where a record came from (see `Source.locate`)
+
+
+def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """A path, a directory, a glob pattern, or a list of them -> the sorted list of files they name."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for path in paths:
+        path = os.fspath(path)
+        if glob.has_magic(path):
+            found = sorted(glob.glob(path, recursive=True))
+            if not found:
+                raise FileNotFoundError(f"no file matches the pattern {path!r}")
+            files += found
+        elif os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path) if _suffix(n) in FORMATS)
+            if not found:
+                raise FileNotFoundError(f"directory {path!r} holds no {'/'.join(sorted(set(FORMATS.values())))} file")
+            files += found
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such file: {path!r}")
+    if not files:
+        raise ValueError("no input file given")
+    return files
+
+
+def detect_format(path: str, format: str | None = None) -> str:
+    """`csv`, `tsv`, `jsonl` or `parquet`, from `format` or the file name (a `.gz` suffix is looked through)."""
+    if format is not None:
+        if format not in set(FORMATS.values()):
+            raise ValueError(f"format must be one of csv, tsv, jsonl, parquet; got {format!r}")
+        return format
+    suffix = _suffix(path)
+    if suffix not in FORMATS:
+        raise BehaviorLogError(
+            f"cannot tell the format from the suffix {suffix!r}; pass format='csv' | 'tsv' | 'jsonl' | 'parquet'",
+            path=path,
+        )
+    return FORMATS[suffix]
+
+
+def _suffix(path: str) -> str:
+    root, ext = os.path.splitext(path.lower())
+    if ext == ".gz":
+        ext = os.path.splitext(root)[1]
+    return ext
+
+
+@dataclass
+class Source:
+    """One input file; turns the `_row` of a record back into a line number for error messages."""
+
+    path: str
+    format: str
+    encoding: str = "utf-8"
+
+    def locate(self, row: int) -> tuple[int, str]:
+        """(number, unit) of the record whose `_row` is `row`: a 1-based line, or a 1-based Parquet row."""
+        if self.format in ("parquet", "frame"):
+            return int(row) + 1, "row"
+        if self.format == "jsonl":
+            return int(row) + 1, "line"  # for JSON lines `_row` already is the 0-based line
+        return _csv_line_of_record(self, int(row)), "line"
+
+    def error(self, message: str, row: int | None = None, column: str | None = None) -> BehaviorLogError:
+        line, unit = self.locate(row) if row is not None else (None, "line")
+        return BehaviorLogError(message, path=self.path, line=line, column=column, unit=unit)
+
+
+def open_binary(path: str):
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+
+
+def check_not_empty(source: Source) -> None:
+    """An empty (or whitespace-only) file is refused: it is almost always a failed export, not an empty log."""
+    with open_binary(source.path) as handle:
+        head = handle.read(4096)
+        while head and not head.strip():
+            head = handle.read(4096)
+    if not head.strip() and source.format != "parquet":
+        raise BehaviorLogError("the file is empty", path=source.path)
+    if source.format == "parquet" and os.path.getsize(source.path) == 0:
+        raise BehaviorLogError("the file is empty", path=source.path)
+
+
+def find_bad_bytes(source: Source, sep: str | None = None, header: list[str] | None = None) -> BehaviorLogError:
+    """The error for the first line that is not valid in `source.encoding` (slow; only called after a failure)."""
+    with open_binary(source.path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode(source.encoding)
+            except UnicodeDecodeError as err:
+                column = None
+                if sep is not None and header is not None:
+                    field = raw[: err.start].count(sep.encode())
+                    column = header[field] if field < len(header) else None
+                return BehaviorLogError(
+                    f"bytes {raw[err.start:err.end]!r} at byte {err.start + 1} of the line are not valid "
+                    f"{source.encoding}; pass encoding='latin-1' (or the file's real encoding) to read it",
+                    path=source.path, line=number, column=column,
+                )
+    return BehaviorLogError(f"the file is not valid {source.encoding}", path=source.path)
+
+
+def check_columns(source: Source, found: Sequence[str], required: Sequence[str], column_map: dict | None) -> None:
+    """Refuse a table that lacks a required column, suggesting the closest names and `column_map`."""
+    missing = [name for name in required if name not in found]
+    if not missing:
+        return
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, [str(f) for f in found], n=1, cutoff=0.5)
+        if close:
+            hints.append(f"column_map={{{close[0]!r}: {name!r}}}")
+    hint = f"; did you mean {' / '.join(hints)}?" if hints else "; rename them with column_map={'<file column>': '<name>'}"
+    raise BehaviorLogError(
+        f"missing column(s) {', '.join(map(repr, missing))}; the file has {', '.join(map(repr, map(str, found)))}"
+        f" (column_map={column_map!r}){hint}",
+        path=source.path,
+    )
+
+
+def rename_columns(source: Source, columns: Sequence[str], column_map: dict | None) -> dict[str, str]:
+    """file column -> canonical name, refusing two file columns that end up with the same name."""
+    column_map = column_map or {}
+    renamed = {str(c): str(column_map.get(str(c), c)) for c in columns}
+    seen = {}
+    for original, name in renamed.items():
+        if name in seen:
+            raise BehaviorLogError(
+                f"columns {seen[name]!r} and {original!r} both become {name!r} (check column_map={column_map!r})",
+                path=source.path,
+            )
+        seen[name] = original
+    return renamed
+
+
+def iter_chunks(
+    source: Source,
+    columns: Sequence[str] | None,
+    column_map: dict | None,
+    chunk_size: int | None = None,
+    required: Sequence[str] | None = None,
+) -> Iterator[pd.DataFrame]:
+    """
+    Yield the file as DataFrames of at most `chunk_size` records (all of it if None), holding the canonical
+    `columns` (after `column_map`; every column if None) plus `_row`. `required` (default: `columns`) must exist.
+    CSV/TSV values stay strings (`""` when empty); JSON and Parquet keep their types (None/NaN when absent).
+    """
+    check_not_empty(source)
+    reader = {"csv": _iter_csv, "tsv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet}[source.format]
+    required = list(required if required is not None else columns)
+    yield from reader(source, None if columns is None else list(columns), required, column_map, chunk_size)
+
+
+def _keep(name: str, columns: list[str] | None) -> bool:
+    return columns is None or name in columns
+
+
+def _iter_csv(source, columns, required, column_map, chunk_size):
+    sep = "\t" if source.format == "tsv" else ","
+    # TSV fields cannot hold a tab, so quotes are plain characters there (titles often contain them).
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    header = _read_header(source, sep, quoting)
+    renamed = rename_columns(source, header, column_map)
+    check_columns(source, list(renamed.values()), required, column_map)
+    wanted = {orig: name for orig, name in renamed.items() if _keep(name, columns)}
+    try:
+        reader = pd.read_csv(
+            source.path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, encoding=source.encoding,
+            usecols=list(wanted), chunksize=chunk_size or 1_000_000, engine="c", on_bad_lines="error",
+        )
+        start = 0
+        with reader:
+            for chunk in reader:
+                chunk = chunk.rename(columns=wanted)
+                chunk[ROW] = range(start, start + len(chunk))
+                start += len(chunk)
+                yield chunk
+    except UnicodeDecodeError:
+        raise find_bad_bytes(source, sep, header) from None
+    except pd.errors.ParserError as err:
+        raise BehaviorLogError(f"malformed {source.format.upper()}: {err}", path=source.path) from None
+
+
+def _read_header(source: Source, sep: str, quoting: int) -> list[str]:
+    with open_binary(source.path) as handle:
+        first = handle.readline()
+    try:
+        text = first.decode(source.encoding)
+    except UnicodeDecodeError:
+        raise find_bad_bytes(source) from None
+    return next(csv.reader([text.rstrip("\r\n")], delimiter=sep, quoting=quoting))
+
+
+def _csv_line_of_record(source: Source, record: int) -> int:
+    """1-based line where data record `record` (0-based, after the header) starts; quoted newlines counted."""
+    sep = "\t" if source.format == "tsv" else ","
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    with open_binary(source.path) as raw:
+        text = io.TextIOWrapper(raw, encoding=source.encoding, newline="")
+        reader = csv.reader(text, delimiter=sep, quoting=quoting)
+        previous_end = 0
+        for index, _ in enumerate(reader):
+            if index == record + 1:
+                return previous_end + 1
+            previous_end = reader.line_num
+    return record + 2
+
+
+def _iter_jsonl(source, columns, required, column_map, chunk_size):
+    column_map = column_map or {}
+    if columns is None:
+        columns = _jsonl_keys(source, column_map)
+    wanted = {orig: name for orig, name in column_map.items() if name in columns}
+    wanted.update({name: name for name in columns if name not in column_map.values()})
+    records, rows, seen_keys, yielded = [], [], set(), False
+    with open_binary(source.path) as handle:
+        for number, raw in enumerate(handle):
+            try:
+                line = raw.decode(source.encoding)
+            except UnicodeDecodeError:
+                raise find_bad_bytes(source) from None
+            if not line.strip():
+                continue  # blank lines hold no record
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise BehaviorLogError(f"invalid JSON: {err.msg} (character {err.colno})", path=source.path,
+                                       line=number + 1) from None
+            if not isinstance(record, dict):
+                raise BehaviorLogError(f"expected a JSON object, got {type(record).__name__}", path=source.path,
+                                       line=number + 1)
+            seen_keys.update(record)
+            records.append([record.get(orig) for orig in wanted])
+            rows.append(number)
+            if chunk_size and len(records) >= chunk_size:
+                yield _jsonl_frame(source, records, rows, wanted, seen_keys, required, column_map)
+                records, rows, yielded = [], [], True
+    if records or not yielded:
+        yield _jsonl_frame(source, records, rows, wanted, seen_keys, required, column_map)
+
+
+def _jsonl_keys(source: Source, column_map: dict) -> list[str]:
+    """Every key of every record, renamed, in first-seen order (labels tables: small files)."""
+    keys = {}
+    with open_binary(source.path) as handle:
+        for raw in handle:
+            if raw.strip():
+                try:
+                    record = json.loads(raw.decode(source.encoding))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue  # reported with its line by the reading pass
+                if isinstance(record, dict):
+                    keys.update(dict.fromkeys(column_map.get(k, k) for k in record))
+    return list(keys)
+
+
+def _jsonl_frame(source, records, rows, wanted, seen_keys, required, column_map):
+    if records:
+        # A column no record has is a misnamed column, not missing values.
+        renamed = {column_map.get(k, k) for k in seen_keys}
+        check_columns(source, sorted(renamed), required, column_map)
+    frame = pd.DataFrame(records, columns=list(wanted.values()), dtype=object)
+    frame[ROW] = rows
+    return frame
+
+
+def _iter_parquet(source, columns, required, column_map, chunk_size):
+    try:
+        handle = pq.ParquetFile(source.path)
+    except (pa.ArrowException, OSError) as err:
+        raise BehaviorLogError(f"cannot read Parquet: {err}", path=source.path) from None
+    renamed = rename_columns(source, handle.schema_arrow.names, column_map)
+    check_columns(source, list(renamed.values()), required, column_map)
+    wanted = {orig: name for orig, name in renamed.items() if _keep(name, columns)}
+    start = 0
+    try:
+        for batch in handle.iter_batches(batch_size=chunk_size or 1_000_000, columns=list(wanted)):
+            frame = _arrow_to_frame(batch).rename(columns=wanted)
+            frame[ROW] = range(start, start + len(frame))
+            start += len(frame)
+            yield frame
+    except pa.ArrowInvalid as err:
+        raise BehaviorLogError(f"cannot read Parquet (invalid UTF-8 or corrupt data?): {err}",
+                               path=source.path) from None
+    if start == 0:
+        yield pd.DataFrame({**{name: pd.Series([], dtype=object) for name in wanted.values()}, ROW: []})
+
+
+def _arrow_to_frame(batch: pa.RecordBatch) -> pd.DataFrame:
+    """Integer ids keep their digits (no float conversion when a column has nulls); lists stay Python lists."""
+    data = {}
+    for name, column in zip(batch.schema.names, batch.columns):
+        if pa.types.is_integer(column.type) and column.null_count == 0:
+            data[name] = column.to_numpy()
+        elif pa.types.is_integer(column.type) or pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            data[name] = pd.Series(column.to_pylist(), dtype=object)
+        else:
+            data[name] = column.to_pandas()
+    return pd.DataFrame(data)

@@ -1,0 +1,161 @@
+"""Behavior-text tokenizers and a token cache that tokenizes the behavior vocabulary once."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+MASK_TOKEN = "[MASK]"
+
+
+def train_behavior_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 30000,
+    model: str = "wordpiece",
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    model_max_length: int = 512,
+) -> PreTrainedTokenizerFast:
+    """
+    Train a tokenizer on behavior texts with `tokenizers`. `[PAD]` gets id 0, `[UNK]` id 1 (`[MASK]` id 2 is
+    reserved); texts are NFKC-normalised and lowercased; no special tokens are added around a text.
+
+    Args:
+        texts: the texts (e.g. `BehaviorDataset.behaviors`); any iterable, read once.
+        vocab_size: the largest vocabulary to learn.
+        model: `"wordpiece"` (BERT-style `##` pieces) or `"bpe"`.
+        min_frequency: pieces seen fewer times are not learned.
+
+    Returns a `transformers.PreTrainedTokenizerFast`; save it with `save_pretrained` next to the model.
+    """
+    if model not in ("wordpiece", "bpe"):
+        raise ValueError(f"model must be 'wordpiece' or 'bpe', got {model!r}")
+    special = [PAD_TOKEN, UNK_TOKEN, MASK_TOKEN]
+    if model == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token=UNK_TOKEN))
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special)
+        tokenizer.decoder = decoders.WordPiece()
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN, continuing_subword_prefix="##"))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
+                                      continuing_subword_prefix="##")
+        tokenizer.decoder = decoders.WordPiece()
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(_batches(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        mask_token=MASK_TOKEN,
+        model_max_length=model_max_length,
+        do_lower_case=lowercase,
+    )
+
+
+def _batches(texts: Iterable[str], size: int = 10000):
+    iterator = iter(texts)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+@dataclass
+class BehaviorTokenCache:
+    """
+    The token ids of every behavior of a vocabulary, in a ragged layout: behavior b's tokens are
+    `token_ids[offsets[b]:offsets[b + 1]]`, at most `max_tokens` of them (special tokens included). A text that
+    tokenizes to nothing gets one `[UNK]`, so no behavior is all padding.
+
+    Build it once with `BehaviorTokenCache.build(dataset.behaviors, tokenizer)`; collators then `gather` rows.
+    """
+
+    token_ids: np.ndarray  # int32, flat
+    offsets: np.ndarray  # int64, len = behaviors + 1
+    pad_token_id: int = 0
+    max_tokens: int = 30
+
+    @classmethod
+    def build(
+        cls,
+        texts: Sequence[str],
+        tokenizer: PreTrainedTokenizerBase,
+        max_tokens: int = 30,
+        add_special_tokens: bool = True,
+        batch_size: int = 8192,
+    ) -> "BehaviorTokenCache":
+        """Tokenize `texts` in batches. `add_special_tokens` keeps e.g. BERT's `[CLS] ... [SEP]` for a pretrained
+        encoder (a tokenizer from `train_behavior_tokenizer` adds none)."""
+        pad_id = pad_token_id_of(tokenizer)
+        pieces, lengths = [], []
+        for start in range(0, len(texts), batch_size):
+            ids = tokenize(tokenizer, texts[start:start + batch_size], max_tokens, add_special_tokens)
+            lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
+            pieces.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths[-1].sum())))
+        lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        token_ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+        return cls(token_ids=token_ids, offsets=offsets, pad_token_id=pad_id, max_tokens=max_tokens)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def gather(self, behavior_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), int64 arrays (M, L) for the given behavior ids; L = their longest length."""
+        behavior_ids = np.asarray(behavior_ids, np.int64)
+        if len(behavior_ids) and (behavior_ids.min() < 0 or behavior_ids.max() >= len(self)):
+            bad = behavior_ids[(behavior_ids < 0) | (behavior_ids >= len(self))][0]
+            raise IndexError(f"behavior id {bad} is outside the token cache (size {len(self)}); was the cache built "
+                             "from this dataset's `behaviors`?")
+        return gather_ragged(self.token_ids, self.offsets, behavior_ids, self.pad_token_id)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save as one `.npz` file."""
+        np.savez(path, token_ids=self.token_ids, offsets=self.offsets,
+                 meta=np.array([self.pad_token_id, self.max_tokens]))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BehaviorTokenCache":
+        with np.load(path) as data:
+            pad_id, max_tokens = data["meta"].tolist()
+            return cls(token_ids=data["token_ids"], offsets=data["offsets"], pad_token_id=pad_id,
+                       max_tokens=max_tokens)
+
+
+def gather_ragged(token_ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int):
+    """Rows of a ragged token array as a padded (M, L) matrix and its mask, without a per-token loop."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    width = int(lengths.max()) if len(rows) else 0
+    mask = np.arange(width) < lengths[:, None]
+    input_ids = np.full((len(rows), width), pad_id, np.int64)
+    input_ids[mask] = token_ids[(starts[:, None] + np.arange(width))[mask]]
+    return input_ids, mask.astype(np.int64)
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int, add_special_tokens: bool = True):
+    """Token id lists of `texts`, truncated to `max_tokens`; an empty result becomes `[UNK]`."""
+    ids = tokenizer(list(texts), add_special_tokens=add_special_tokens, truncation=True, max_length=max_tokens,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else pad_token_id_of(tokenizer)
+    return [row if row else [unk] for row in ids]
+
+
+def pad_token_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"the tokenizer {type(tokenizer).__name__} has no pad token; set tokenizer.pad_token first")
+    return int(tokenizer.pad_token_id)
