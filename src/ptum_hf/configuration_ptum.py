@@ -1,5 +1,9 @@
 """PTUM model configuration."""
 
+import dataclasses
+import functools
+import math
+
 from transformers import PretrainedConfig
 
 
@@ -108,6 +112,9 @@ class PTUMConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        # A config.json from a stranger is input: refuse keys that neither PTUM nor transformers defines (typos,
+        # fields of another model, or attributes that would steer transformers' loader such as `transformers_weights`).
+        _check_unknown_keys(kwargs)
         self.vocab_size = vocab_size
         self.word_embedding_dim = word_embedding_dim
         self.behavior_encoder_type = behavior_encoder_type
@@ -158,6 +165,9 @@ class PTUMConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("freeze_text_encoder", "use_mbp", "use_nbp", "freeze_user_model", "share_ad_encoder"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
@@ -165,24 +175,108 @@ class PTUMConfig(PretrainedConfig):
             )
         if self.cnn_kernel_size % 2 == 0:
             raise ValueError(f"cnn_kernel_size must be odd (keeps the text length), got {self.cnn_kernel_size}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.nbp_weight, (int, float)) or self.nbp_weight < 0:
-            raise ValueError(f"nbp_weight (lambda) must be a number >= 0, got {self.nbp_weight!r}")
+        if not _is_number(self.nbp_weight) or not 0.0 <= self.nbp_weight < math.inf:
+            raise ValueError(f"nbp_weight (lambda) must be a finite number >= 0, got {self.nbp_weight!r}")
+        if not _is_number(self.initializer_range) or not 0.0 <= self.initializer_range < math.inf:
+            raise ValueError(f"initializer_range must be a finite number >= 0, got {self.initializer_range!r}")
         if not (self.use_mbp or self.use_nbp):
             raise ValueError("use_mbp and use_nbp are both False: at least one pre-training task must be on")
         if not self.label_heads or not isinstance(self.label_heads, dict):
             raise ValueError(f"label_heads must be a non-empty dict of head name -> class count, got {self.label_heads!r}")
         for head, classes in self.label_heads.items():
+            if not isinstance(head, str):
+                raise ValueError(f"label_heads keys must be head names (strings), got {head!r}")
             if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
                 raise ValueError(f"label_heads[{head!r}] must be an integer >= 2 (number of classes), got {classes!r}")
-        if self.behavior_encoder_type == "pretrained" and not isinstance(self.text_encoder_config, dict):
-            raise ValueError(
-                "behavior_encoder_type='pretrained' needs text_encoder_config (a dict); "
-                "build the model with PTUMModel.from_text_encoder(<model name or path>)"
-            )
-        if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.vocab_size:
+        if self.behavior_encoder_type == "pretrained":
+            _check_text_encoder_config(self.text_encoder_config)
+        elif self.text_encoder_config is not None and not isinstance(self.text_encoder_config, dict):
+            kind = type(self.text_encoder_config).__name__
+            raise ValueError(f"text_encoder_config must be a dict or null, got {kind}")
+        if (
+            isinstance(self.pad_token_id, bool)
+            or not isinstance(self.pad_token_id, int)
+            or not 0 <= self.pad_token_id < self.vocab_size
+        ):
             raise ValueError(f"pad_token_id must be an id in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}")
+
+
+def _is_number(value) -> bool:
+    """An int or float that is not a bool and not NaN (NaN fails every range check, but say so plainly)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return not (isinstance(value, float) and math.isnan(value))
+
+
+def _check_text_encoder_config(text_config):
+    """The `pretrained` behavior encoder is built with `AutoModel.from_config(text_encoder_config)`: only a plain
+    transformers architecture may be named there, so a checkpoint cannot reach registered or remote model classes."""
+    if not isinstance(text_config, dict):
+        raise ValueError(
+            "behavior_encoder_type='pretrained' needs text_encoder_config (a dict); "
+            "build the model with PTUMModel.from_text_encoder(<model name or path>)"
+        )
+    model_type = text_config.get("model_type")
+    built_in = _built_in_model_types()
+    if not isinstance(model_type, str) or (built_in is not None and model_type not in built_in):
+        raise ValueError(
+            f"text_encoder_config['model_type'] must name a model type built into transformers (e.g. 'bert'), "
+            f"got {model_type!r}"
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _built_in_model_types():
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:  # layout of a future transformers: skip the check rather than refuse every checkpoint
+        return None
+    return frozenset(CONFIG_MAPPING_NAMES)
+
+
+# Keys transformers itself writes into or accepts from a config.json besides a model's own fields. Most come from
+# `PretrainedConfig` at run time (see `_transformers_config_keys`); these are the ones it handles without keeping
+# them as attributes, and the common keys that transformers 4.x wrote, so that older checkpoints still load.
+_TRANSFORMERS_EXTRA_KEYS = frozenset({
+    # written by save_pretrained / to_dict / the Auto classes
+    "_name_or_path", "name_or_path", "architectures", "auto_map", "model_type", "transformers_version",
+    "dtype", "torch_dtype", "id2label", "label2id", "num_labels", "problem_type", "quantization_config",
+    # loader arguments that transformers routes into the config
+    "attn_implementation", "experts_implementation", "output_attentions", "output_hidden_states", "return_dict",
+    # kept or dropped by transformers for backward compatibility
+    "_commit_hash", "_attn_implementation_autoset", "_attn_implementation_internal",
+    "_experts_implementation_internal", "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder",
+    "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder", "tie_word_embeddings",
+    "torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads", "finetuning_task", "tokenizer_class", "prefix",
+    "task_specific_params", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
+    "gradient_checkpointing",
+})
+
+
+@functools.lru_cache(maxsize=None)
+def _transformers_config_keys() -> frozenset:
+    keys = set(_TRANSFORMERS_EXTRA_KEYS) | set(PretrainedConfig().to_dict())
+    if dataclasses.is_dataclass(PretrainedConfig):
+        keys |= {field.name for field in dataclasses.fields(PretrainedConfig)}
+    try:  # generation settings found in old config.json files: transformers drops them on load
+        from transformers import GenerationConfig
+
+        keys |= set(GenerationConfig._get_default_generation_params())
+    except (ImportError, AttributeError):
+        pass
+    return frozenset(keys)
+
+
+def _check_unknown_keys(kwargs: dict):
+    unknown = sorted(str(key) for key in kwargs if key not in _transformers_config_keys())
+    if unknown:
+        raise ValueError(
+            f"unknown PTUMConfig key(s): {', '.join(unknown)}. They are neither PTUM fields nor attributes that "
+            "transformers' PretrainedConfig defines; fix the spelling, or remove them from config.json "
+            "(a checkpoint's config is refused rather than loaded with fields nobody reads)"
+        )
 
 
 def _check_choice(name, value, allowed):

@@ -97,3 +97,92 @@ def build_model(args: FinetuneArguments, tokenizer, label_heads: dict[str, int] 
             args.preset, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **overrides
         )
     return head_class(config)
+
+
+def load_tokenizer_for(args: FinetuneArguments, data):
+    from .training_utils import load_tokenizer
+
+    return load_tokenizer(args.model_name_or_path, data, args.tokenizer_vocab_size)
+
+
+def demographics_splits(data, args: FinetuneArguments):
+    """80/10/10 user split by `split_seed`; the training part cut to `label_fraction` of the labeled users."""
+    labeled = data.users.filter(lambda row: any(row[name] is not None for name in args.head_names))
+    train, validation, test = split_users_three_way(labeled, args.split_seed)
+    return label_subset(train, args.label_fraction, args.split_seed), validation, test
+
+
+def ctr_splits(data, args: FinetuneArguments):
+    """The source's time-based CTR split; training impressions cut to `label_fraction` of the training users."""
+    if data.ctr is None:
+        raise ValueError(f"dataset {args.dataset!r} has no CTR task")
+    train = data.ctr["train"]
+    if args.label_fraction < 1.0:
+        users = np.unique(np.asarray(train["user_index"]))
+        order = np.random.default_rng(args.split_seed + 1).permutation(users)
+        keep = set(order[: max(1, int(round(args.label_fraction * len(users))))].tolist())
+        train = train.filter(lambda row: row["user_index"] in keep)
+    return train, data.ctr["validation"], data.ctr["test"]
+
+
+def build_collator(args: FinetuneArguments, data, tokenizer, config, token_cache=None):
+    from .data import CTRCollator, DemographicsCollator
+
+    common = dict(max_tokens=config.max_tokens_per_behavior, max_behaviors=config.max_behaviors,
+                  token_cache=token_cache)
+    if args.task == "demographics":
+        return DemographicsCollator.from_dataset(data, tokenizer, label_names=tuple(config.label_heads), **common)
+    return CTRCollator.from_dataset(data, tokenizer, **common)
+
+
+def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=None, tokenizer=None,
+             card_data=None, token_cache=None) -> tuple[Trainer, dict]:
+    """Fine-tune (or train from scratch, or train only the head) and evaluate on the test split.
+
+    Returns the Trainer (holding the best model by the validation metric) and the test metrics.
+    """
+    from .metrics import make_ctr_compute_metrics, make_demographics_compute_metrics
+    from .modelcard import ModelCardCallback
+    from .training_utils import load_behavior_data
+
+    if data is None:
+        data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.data_seed)
+    if tokenizer is None:
+        tokenizer = load_tokenizer_for(args, data)
+    label_heads = None
+    if args.task == "demographics":
+        missing = [name for name in args.head_names if name not in data.label_heads]
+        if missing:
+            raise ValueError(f"label column(s) {missing} not in the dataset; it has {list(data.label_heads)}")
+        label_heads = {name: data.label_heads[name] for name in args.head_names}
+    model = build_model(args, tokenizer, label_heads)
+    train, validation, test = (demographics_splits if args.task == "demographics" else ctr_splits)(data, args)
+    collator = build_collator(args, data, tokenizer, model.config, token_cache)
+    compute_metrics = (
+        make_demographics_compute_metrics(model.config.label_heads) if args.task == "demographics"
+        else make_ctr_compute_metrics()
+    )
+    callbacks = [ModelCardCallback(card_data)] if card_data is not None else []
+    if args.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=train, eval_dataset=validation, data_collator=collator,
+        compute_metrics=compute_metrics, callbacks=callbacks, processing_class=tokenizer,
+    )
+    trainer.train()
+    metrics = trainer.evaluate(test, metric_key_prefix="test")
+    return trainer, metrics
+
+
+def run_finetuning(args: FinetuneArguments, training_args: TrainingArguments) -> dict:
+    """The CLI's fine-tuning: train, evaluate on test, save the best model with its tokenizer and card."""
+    from .hub import save_for_hub
+    from .modelcard import PTUMModelCardData, create_model_card
+
+    card_data = PTUMModelCardData(base_model=args.model_name_or_path if not args.from_scratch else None)
+    trainer, metrics = finetune(args, training_args, card_data=card_data)
+    card_data.record_eval(metrics)
+    model = trainer.model
+    card = create_model_card(card_data, model=model)
+    save_for_hub(model, Path(training_args.output_dir) / "model", tokenizer=trainer.processing_class, card=card)
+    return metrics

@@ -272,6 +272,12 @@ class PTUMPretrainedTextEncoder(nn.Module):
         return self.proj(pooled)
 
 
+def build_behavior_encoder(config: PTUMConfig) -> nn.Module:
+    if config.behavior_encoder_type == "pretrained":
+        return PTUMPretrainedTextEncoder(config)
+    return PTUMBehaviorEncoder(config)
+
+
 # ----------------------------------------------------------------------------- user encoder
 
 
@@ -299,8 +305,9 @@ class PTUMUserEncoder(nn.Module):
             self.pooling = PTUMAdditiveAttention(dim, config.additive_attention_dim)
 
     def time_buckets(self, time_gaps: torch.Tensor) -> torch.Tensor:
-        """Seconds (B, N) -> bucket ids floor(log2(gap + 1)), clamped to the table; NaN and negatives go to 0."""
-        gaps = torch.nan_to_num(time_gaps.double(), nan=0.0, posinf=0.0).clamp(min=0.0)
+        """Seconds (B, N) -> bucket ids floor(log2(gap + 1)), clamped to the table; NaN and negatives go to 0,
+        infinite gaps to the last bucket."""
+        gaps = torch.nan_to_num(time_gaps.double(), nan=0.0, posinf=float("inf")).clamp(min=0.0)
         return torch.log2(gaps + 1.0).floor().clamp(max=self.num_time_buckets - 1).long()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, time_gaps: torch.Tensor | None = None):
@@ -333,24 +340,40 @@ class PTUMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["PTUMTransformerLayer"]
 
+    def __init__(self, config: PTUMConfig, *inputs, **kwargs):
+        config.validate_ptum()  # overrides given to from_pretrained are set after the config's own check
+        super().__init__(config, *inputs, **kwargs)
+
     def _init_weights(self, module):
         if isinstance(module, PTUMPretrainedTextEncoder):
             return  # keeps the text encoder's own initialisation (or its pretrained weights)
-        if isinstance(module, nn.GRU):
+        # Glorot for weights (as the paper's Keras code) and word vectors of norm ~1: with the usual 0.02 the
+        # behavior vectors start ~100x smaller than the position embeddings and pre-training stalls.
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.GRU, nn.LSTM)):
             for name, param in module.named_parameters():
                 (nn.init.xavier_uniform_ if "weight" in name else nn.init.zeros_)(param)
-            return
-        if isinstance(module, PTUMModel):
+        elif isinstance(module, nn.Embedding):
+            # Only word embeddings have a padding row; position and time embeddings start small.
+            word = module.padding_idx is not None
+            nn.init.normal_(module.weight, std=module.embedding_dim**-0.5 if word else self.config.initializer_range)
+            if word:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, PTUMModel):
             nn.init.normal_(module.mask_embedding, std=self.config.initializer_range)
-            return
-        super()._init_weights(module)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
     def register_for_auto_classes(self):
         """Make `save_pretrained` copy this file and the config file beside the weights and map every Auto class,
         so the checkpoint loads with `trust_remote_code=True` where `ptum_hf` is not installed."""
         self.config.auto_map = dict(REMOTE_AUTO_MAP)
         auto_class = {v.split(".")[-1]: k for k, v in REMOTE_AUTO_MAP.items()}.get(type(self).__name__, "AutoModel")
-        self.register_for_auto_class(auto_class)
+        self._auto_class = auto_class  # on this instance only: transformers' register_for_auto_class marks the class
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -362,7 +385,24 @@ class PTUMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+        """`PreTrainedModel.from_pretrained`, loading safetensors weights only.
+
+        Pickle weights (`pytorch_model.bin`) can run code when they are read, so a checkpoint that has nothing else
+        is refused with an `OSError` naming the file. Pass `use_safetensors=False` to opt in for a checkpoint you
+        trust (transformers then reads it with `torch.load(weights_only=True)`), or better convert it once.
+        """
+        opted_in = kwargs.get("use_safetensors") is False
+        if not opted_in:
+            kwargs["use_safetensors"] = True
+        path = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if not opted_in and path is not None:
+            _refuse_pickle_only_checkpoint(cls.__name__, path, kwargs, before_loading=True)
+        try:
+            loaded = super().from_pretrained(*args, **kwargs)
+        except OSError as error:
+            if not opted_in and path is not None:
+                _refuse_pickle_only_checkpoint(cls.__name__, path, kwargs, before_loading=False, cause=error)
+            raise
         # Loading replaces parameters: re-apply the config's freezing.
         (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_user_model_if_configured()
         return loaded
@@ -380,6 +420,73 @@ class PTUMPreTrainedModel(PreTrainedModel):
         self.ptum.requires_grad_(False)
 
 
+_SAFE_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
+_PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # what use_safetensors=False reads
+
+
+def _with_variant(name: str, variant: str | None) -> str:
+    if not variant:
+        return name
+    stem, _, ext = name.partition(".")  # model.safetensors.index.json -> model.<variant>.safetensors.index.json
+    return f"{stem}.{variant}.{ext}"
+
+
+def _pickle_refusal(what: str, model_class: str) -> OSError:
+    return OSError(
+        f"{what}. Pickle files can run arbitrary code when they are loaded, so PTUM models load safetensors weights "
+        "only. If you trust this checkpoint, opt in with `from_pretrained(..., use_safetensors=False)`. Better, "
+        f"convert it once, in an isolated environment: `{model_class}.from_pretrained(path, use_safetensors=False)"
+        ".save_pretrained(new_path)` writes model.safetensors (for a Hub repository, the Space "
+        "https://huggingface.co/spaces/safetensors/convert opens a pull request with the conversion)."
+    )
+
+
+def _refuse_pickle_only_checkpoint(
+    model_class: str, path, kwargs: dict, before_loading: bool, cause: Exception | None = None
+):
+    """Raise the pickle refusal if `path` (a local folder, a weights file or a Hub repo) has pickle weights and no
+    safetensors ones; otherwise return and let transformers load, or report whatever else is wrong."""
+    if kwargs.get("gguf_file") is not None or kwargs.get("state_dict") is not None:
+        return
+    path = os.fspath(path)
+    subfolder = kwargs.get("subfolder") or ""
+    variant = kwargs.get("variant")
+    if os.path.isfile(os.path.join(subfolder, path)):  # transformers reads a weights file given directly, any format
+        if not path.endswith(".safetensors"):
+            raise _pickle_refusal(f"{path!r} is not a safetensors file (it is read as pickle weights)", model_class)
+        return
+    names = [_with_variant(name, variant) for name in _PICKLE_WEIGHTS_NAMES]
+    if os.path.isdir(path):
+        folder = os.path.join(path, subfolder) if subfolder else path
+        if any(os.path.isfile(os.path.join(folder, _with_variant(n, variant))) for n in _SAFE_WEIGHTS_NAMES):
+            return
+        found = [name for name in names if os.path.isfile(os.path.join(folder, name))]
+        if found:
+            raise _pickle_refusal(
+                f"The checkpoint folder {folder!r} holds only pickle weights ({', '.join(found)})", model_class
+            ) from cause
+        return
+    if before_loading:  # a Hub repo: look only once transformers has found no safetensors file there
+        return
+    try:
+        from transformers.utils import has_file
+
+        found = [
+            name for name in names
+            if has_file(
+                path, f"{subfolder}/{name}" if subfolder else name,
+                revision=kwargs.get("revision"), token=kwargs.get("token"), proxies=kwargs.get("proxies"),
+                local_files_only=bool(kwargs.get("local_files_only")), cache_dir=kwargs.get("cache_dir"),
+            )
+        ]
+    except Exception:  # an unknown repo, a gated one, no network: keep transformers' own error
+        return
+    if found:
+        raise _pickle_refusal(
+            f"The Hub repository {path!r} holds only pickle weights ({', '.join(found)})", model_class
+        ) from cause
+
+
 class PTUMModel(PTUMPreTrainedModel):
     """The PTUM user model: behavior encoder + user encoder. No head.
 
@@ -393,10 +500,7 @@ class PTUMModel(PTUMPreTrainedModel):
 
     def __init__(self, config: PTUMConfig):
         super().__init__(config)
-        if config.behavior_encoder_type == "pretrained":
-            self.behavior_encoder = PTUMPretrainedTextEncoder(config)
-        else:
-            self.behavior_encoder = PTUMBehaviorEncoder(config)
+        self.behavior_encoder = build_behavior_encoder(config)
         self.user_encoder = PTUMUserEncoder(config)
         self.mask_embedding = nn.Parameter(torch.zeros(config.hidden_size))
         self.post_init()
@@ -419,14 +523,20 @@ class PTUMModel(PTUMPreTrainedModel):
         model.behavior_encoder.encoder.load_state_dict(text_encoder.state_dict())
         return model
 
-    def encode_behaviors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_behaviors(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, encoder: nn.Module | None = None
+    ) -> torch.Tensor:
         """Encode behavior texts alone: (M, L) token ids -> (M, hidden_size). Cache these to embed many users."""
+        _check_token_ids(input_ids, self.config.vocab_size)
+        if input_ids.shape[0] == 0:  # no behavior in the batch (only users without history): nothing to encode
+            return self.mask_embedding.new_zeros(0, self.config.hidden_size)
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
         # Drop all-padding token columns: L is the longest behavior here, not a fixed maximum.
         length = max(int(attention_mask.sum(-1).max()) if attention_mask.numel() else 1, 1)
         length = min(length, self.config.max_tokens_per_behavior)
-        return self.behavior_encoder(input_ids[:, :length], attention_mask[:, :length])
+        encoder = self.behavior_encoder if encoder is None else encoder
+        return encoder(input_ids[:, :length], attention_mask[:, :length])
 
     def gather_behaviors(self, behavior_embeddings: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Look up rows of the behavior table; -1 (padding) gives zeros and -2 the learned mask vector."""
@@ -476,6 +586,29 @@ class PTUMModel(PTUMPreTrainedModel):
         _check_indices(history_indices, behavior_embeddings.shape[0], "history_indices")
         states, users = self.encode_users(behavior_embeddings, history_indices, history_time_gaps)
         return PTUMModelOutput(user_embeddings=users, last_hidden_state=states, behavior_embeddings=behavior_embeddings)
+
+
+def _check_token_ids(input_ids: torch.Tensor, vocab_size: int):
+    """Token ids must index the embedding table; say so instead of failing inside the lookup (an IndexError on CPU,
+    a device-side assert on CUDA). Costs one min and one max; the offending values are gathered only on failure."""
+    if input_ids is None:
+        raise ValueError("behavior_input_ids is required: (num_unique_behaviors, max_tokens) token ids")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"behavior_input_ids must be integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"behavior_input_ids must be 2-D (num_unique_behaviors, max_tokens), got shape {tuple(input_ids.shape)}"
+        )
+    if not input_ids.numel():
+        return
+    low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync
+    if low < 0 or high >= vocab_size:
+        bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)].unique()
+        shown = ", ".join(str(v) for v in bad[:8].tolist()) + (", ..." if bad.numel() > 8 else "")
+        raise ValueError(
+            f"behavior_input_ids must be token ids in [0, vocab_size={vocab_size}); got {bad.numel()} distinct "
+            f"value(s) outside it: {shown} (the tokenizer and config.vocab_size do not match?)"
+        )
 
 
 def _check_indices(indices: torch.Tensor, num_behaviors: int, name: str):
@@ -615,7 +748,7 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
                     f"labels has {labels.shape[1]} columns but config.label_heads has "
                     f"{len(self.config.label_heads)} heads: {list(self.config.label_heads)}"
                 )
-            loss = logits.new_zeros((), dtype=torch.float32)
+            loss = logits.float().sum() * 0.0  # keeps a gradient when every label is missing
             for column, (head, head_logits) in enumerate(self.split_logits(logits).items()):
                 head_labels = labels[:, column]
                 valid = head_labels != IGNORE_INDEX
@@ -632,7 +765,7 @@ class PTUMForCTR(PTUMPreTrainedModel):
     def __init__(self, config: PTUMConfig):
         super().__init__(config)
         self.ptum = PTUMModel(config)
-        self.ad_encoder = None if config.share_ad_encoder else PTUMBehaviorEncoder(config)
+        self.ad_encoder = None if config.share_ad_encoder else build_behavior_encoder(config)
         self.ad_projection = nn.Linear(config.hidden_size, config.hidden_size)
         self.ad_pooling = PTUMAdditiveAttention(config.hidden_size, config.additive_attention_dim)
         self.bias = nn.Parameter(torch.zeros(()))
@@ -677,9 +810,13 @@ class PTUMForCTR(PTUMPreTrainedModel):
             _check_indices(ad_title_indices, behavior_embeddings.shape[0], "ad_title_indices")
             user = self.ptum(history_indices=history_indices, history_time_gaps=history_time_gaps,
                              behavior_embeddings=behavior_embeddings).user_embeddings
+        if ad_description_indices is not None:
+            _check_indices(ad_description_indices, behavior_embeddings.shape[0], "ad_description_indices")
         ad_table = None
         if self.ad_encoder is not None:
-            ad_table = self.ad_encoder(behavior_input_ids, behavior_attention_mask)
+            if behavior_input_ids is None:
+                raise ValueError("share_ad_encoder=False needs behavior_input_ids (the ad encoder reads the texts)")
+            ad_table = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask, encoder=self.ad_encoder)
         ad = self.encode_ads(behavior_embeddings, ad_title_indices, ad_description_indices, ad_table)
         logits = (user * ad).sum(-1) + self.bias
         loss = None

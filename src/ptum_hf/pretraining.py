@@ -32,6 +32,8 @@ from .training_utils import (
     atomic_directory,
     atomic_write_text,
     build_tracker,
+    dataset_statistics,
+    pretraining_collator,
     load_data_and_tokenizer,
     split_users,
 )
@@ -174,15 +176,15 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
         data, tokenizer = load_data_and_tokenizer(args)
     config = build_config(args, len(tokenizer), tokenizer.pad_token_id)
     train_users, eval_users = split_users(data.users, args.eval_fraction, args.seed)
-    collator = data.pretraining_collator(tokenizer, config)
+    collator = pretraining_collator(data, tokenizer, config, seed=args.seed)
     train_collator = SeededCollator(collator, args.seed)
     train_loader = DataLoader(
         UserRows(train_users), batch_size=args.per_device_batch_size, shuffle=True, collate_fn=train_collator,
-        num_workers=args.num_workers, drop_last=False,
+        num_workers=args.num_workers, drop_last=False, generator=torch.Generator().manual_seed(args.seed),
     )
     eval_loader = DataLoader(
         UserRows(eval_users), batch_size=args.per_device_batch_size, collate_fn=SeededCollator(collator, args.seed + 1),
-        num_workers=0,
+        num_workers=0, generator=torch.Generator().manual_seed(args.seed),
     )
 
     model = PTUMForPretraining(config)
@@ -208,7 +210,8 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
     if tracker is not None:
         accelerator.init_trackers("ptum_pretraining", config={k: str(v) for k, v in asdict(args).items()})
     if card_data is not None:
-        card_data.record_training_args(asdict(args), config.to_dict())
+        card_data.record_training_args(asdict(args))
+        card_data.record_config(config)
 
     progress_bar = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain")
     wait_time, run_start = 0.0, time.perf_counter()
@@ -260,7 +263,7 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
     unwrapped = accelerator.unwrap_model(model)
     if card_data is not None:
         card_data.record_pretraining(metrics, step)
-        card_data.record_dataset(args.dataset, data.statistics())
+        card_data.record_dataset(args.dataset, dataset_statistics(data))
     card = None
     if accelerator.is_main_process:
         from .hub import push_to_hub, save_for_hub

@@ -39,7 +39,10 @@ class SeededCollator:
 
     def __call__(self, features):
         indices = [feature.pop("_index") for feature in features]
-        self.collator.rng = np.random.default_rng([self.seed, self.epoch, len(indices), *indices])
+        info = torch.utils.data.get_worker_info()
+        # The collator keeps a generator per process (see BehaviorCollatorBase.generator); replace it per batch.
+        self.collator._rng = np.random.default_rng([self.seed, self.epoch, len(indices), *indices])
+        self.collator._rng_owner = (os.getpid(), None if info is None else info.seed)
         return self.collator(features)
 
 
@@ -136,3 +139,57 @@ def split_users_three_way(users, seed: int, fractions=(0.8, 0.1, 0.1)):
     n_val = int(round(fractions[1] * len(users)))
     parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
     return tuple(users.select(np.sort(part)) for part in parts)
+
+
+def load_behavior_data(dataset: str, data_dir=None, num_users: int = 2000, data_seed: int = 0):
+    """A built-in source by name, or a behavior log path/glob read with `read_behavior_log`."""
+    from .data import load_behavior_dataset, read_behavior_log
+    from .data.sources import ALIASES, SOURCES
+
+    key = ALIASES.get(dataset.lower(), dataset.lower())
+    if key == "synthetic":
+        return load_behavior_dataset("synthetic", num_users=num_users, seed=data_seed)
+    if key in SOURCES:
+        return load_behavior_dataset(key, **({"path": data_dir} if data_dir else {}))
+    return read_behavior_log(dataset)
+
+
+def load_tokenizer(tokenizer_name, data, vocab_size: int = 8000):
+    """An existing tokenizer, or a WordPiece one trained on the dataset's behavior texts."""
+    if tokenizer_name:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tokenizer_name)
+    from .data import train_behavior_tokenizer
+
+    return train_behavior_tokenizer(data.behaviors, vocab_size=vocab_size)
+
+
+def load_data_and_tokenizer(args):
+    data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.data_seed)
+    return data, load_tokenizer(args.tokenizer_name, data, args.tokenizer_vocab_size)
+
+
+def pretraining_collator(data, tokenizer, config, seed: int = 0, token_cache=None):
+    from .data import PretrainingCollator
+
+    return PretrainingCollator.from_dataset(
+        data, tokenizer, max_tokens=config.max_tokens_per_behavior, token_cache=token_cache,
+        num_negatives=config.num_negatives, num_next=config.num_next, max_behaviors=config.max_behaviors, seed=seed,
+    )
+
+
+def dataset_statistics(data) -> dict:
+    """Counts for model cards and logs."""
+    lengths = data.sequences().lengths
+    stats = {
+        "users": int(len(lengths)),
+        "events": int(lengths.sum()),
+        "unique_behaviors": len(data.behaviors),
+        "mean_behaviors_per_user": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
+    }
+    if data.label_classes:
+        stats["labels"] = {name: len(classes) for name, classes in data.label_classes.items()}
+    if data.ctr is not None:
+        stats["ctr_impressions"] = {split: part.num_rows for split, part in data.ctr.items()}
+    return stats

@@ -33,7 +33,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .dataset import BehaviorDataset, UserSequences
-from .negatives import NegativeSampler, sample_negatives
+from .negatives import NegativeSampler, sample_negatives, unique_sorted
 from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, tokenize
 
 
@@ -114,9 +114,10 @@ class BehaviorCollatorBase:
         offsets = np.zeros(len(values) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         flat_times = np.fromiter(itertools.chain.from_iterable(times), np.int64, int(offsets[-1]))
-        decreasing = np.flatnonzero(np.diff(flat_times) < 0) + 1
-        if len(decreasing) and np.isin(decreasing, offsets).sum() < len(decreasing):
-            row = features[int(np.searchsorted(offsets, decreasing[~np.isin(decreasing, offsets)][0], "right") - 1)]
+        decreasing = np.diff(flat_times) < 0
+        decreasing[offsets[1:-1] - 1] = False  # a step between two users is fine
+        if decreasing.any():
+            row = features[int(np.searchsorted(offsets, np.argmax(decreasing) + 1, "right") - 1)]
             raise ValueError(f"user {row.get('user_id', '?')!r}: timestamps are not in time order "
                              "(read_behavior_log sorts them)")
         if not text_mode:
@@ -146,7 +147,7 @@ class BehaviorCollatorBase:
 
     def behavior_table(self, events: _Events, *referenced: np.ndarray):
         """(table of unique behavior ids, input_ids (M, L), attention_mask (M, L)) over every id >= 0 referenced."""
-        table = np.unique(np.concatenate([r[r >= 0] for r in referenced]))
+        table = unique_sorted(np.concatenate([r[r >= 0].ravel() for r in referenced]))
         if events.texts is None:
             input_ids, mask = self.token_cache.gather(table)
             return table, input_ids, mask
@@ -286,13 +287,13 @@ class PretrainingCollator(BehaviorCollatorBase):
     def negatives(self, events: _Events, positives, owners, rng):
         """(R, P) negatives for the positives, and which ones are impossible (no other behavior to draw)."""
         key_base = self.vocabulary_size(events)
-        own_keys = np.unique(np.repeat(np.arange(len(events.lengths)), events.lengths) * key_base + events.ids)
+        own_keys = unique_sorted(np.repeat(np.arange(len(events.lengths)), events.lengths) * key_base + events.ids)
         args = dict(num=self.num_negatives, rng=rng, owners=owners, own_keys=own_keys, key_base=key_base)
         if self.negative_sampling == "batch":
             return sample_negatives(events.ids, positives, **args)
         if events.texts is not None:  # streaming: the buffer of recent texts plus this batch
             pool = np.concatenate([events.pool, events.ids])
-            return sample_negatives(np.unique(pool) if self.negative_sampling == "uniform" else pool, positives,
+            return sample_negatives(unique_sorted(pool) if self.negative_sampling == "uniform" else pool, positives,
                                     **args)
         if self.negative_sampler is None:
             raise ValueError(

@@ -62,8 +62,8 @@ def clean_events(
     """
     frame = frame.reset_index(drop=True)
     report.events_read += len(frame)
-    users = _normalise_ids(frame["user_id"])
-    texts = _normalise_texts(frame["text"])
+    users = normalise_ids(frame["user_id"])
+    texts, too_long = _normalise_texts(frame["text"], max_text_chars)
     times, missing_time = _parse_times(frame, sources, timestamp_unit, timestamp_format)
 
     keep = users.notna().to_numpy().copy()
@@ -79,10 +79,7 @@ def clean_events(
     keep &= ~bad
 
     texts = texts[keep]
-    too_long = texts.str.len().to_numpy() > max_text_chars
-    report.texts_truncated += int(too_long.sum())
-    if too_long.any():
-        texts = texts.where(~too_long, texts.str.slice(0, max_text_chars).str.rstrip())
+    report.texts_truncated += int(too_long[keep].sum())
     extra = [c for c in frame.columns if c not in EVENT_COLUMNS]
     cleaned = frame.loc[keep, extra].copy()
     cleaned["user_id"] = users[keep].to_numpy(dtype=object)
@@ -93,18 +90,12 @@ def clean_events(
 
 def seen_user_ids(frame: pd.DataFrame) -> set[str]:
     """The user ids named by raw rows (before any row is dropped), for the users-read count."""
-    return set(_normalise_ids(frame["user_id"]).dropna())
+    return set(normalise_ids(frame["user_id"]).dropna())
 
 
-def _normalise_ids(values: pd.Series) -> pd.Series:
-    """Ids become stripped strings (integral numbers lose a trailing `.0`); empty or null -> NA."""
-    if values.dtype == object:
-        values = values.map(_id_to_str)
-    else:
-        values = values.astype(str) if not pd.api.types.is_float_dtype(values.dtype) else values.map(_id_to_str)
-    values = values.astype(object).where(values.notna(), None)
-    stripped = values.map(lambda v: v.strip() if isinstance(v, str) else v)
-    return stripped.where(stripped.map(lambda v: isinstance(v, str) and v != ""), None)
+def normalise_ids(values: pd.Series) -> pd.Series:
+    """Ids become stripped strings (integral numbers lose a trailing `.0`); empty or null -> None."""
+    return _per_unique(values, _id_to_str)
 
 
 def _id_to_str(value):
@@ -114,16 +105,34 @@ def _id_to_str(value):
         return str(int(value))
     if isinstance(value, (list, dict, tuple, np.ndarray)):
         return repr(value)
-    return str(value)
+    return str(value).strip() or None
 
 
-def _normalise_texts(values: pd.Series) -> pd.Series:
-    """Whitespace runs (tabs, newlines) become one space, ends are stripped; empty -> NA."""
-    if values.dtype == object:
-        values = values.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-    values = values.astype(object).where(values.notna(), None)
-    texts = pd.Series(values, dtype="str").str.replace(r"\s+", " ", regex=True).str.strip()
-    return texts.where(texts.str.len() > 0)
+def _normalise_texts(values: pd.Series, max_chars: int) -> tuple[pd.Series, np.ndarray]:
+    """Whitespace runs (tabs, newlines) become one space, ends are stripped, empty -> None; texts longer than
+    `max_chars` are cut. Returns the texts and which ones were cut."""
+    texts = _per_unique(values, _text)
+    lengths = _per_unique(texts, lambda t: 0 if t is None else len(t)).to_numpy(np.int64)
+    too_long = lengths > max_chars
+    if too_long.any():
+        texts[too_long] = texts[too_long].map(lambda t: t[:max_chars].rstrip())
+    return texts, too_long
+
+
+def _text(value):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return " ".join(str(value).split()) or None
+
+
+def _per_unique(values: pd.Series, function) -> pd.Series:
+    """`function` applied once per distinct value (logs repeat their ids and texts), as an object Series."""
+    values = pd.Series(values).reset_index(drop=True)
+    if values.dtype == object and values.map(lambda v: isinstance(v, (list, dict, np.ndarray))).any():
+        return values.map(function).astype(object)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    done = np.array([function(v) for v in uniques] + [function(None)], dtype=object)
+    return pd.Series(done[codes], dtype=object)
 
 
 def _parse_times(frame, sources, unit, format) -> tuple[np.ndarray, np.ndarray]:

@@ -117,24 +117,8 @@ def read_behavior_log(
                           timestamp_format=timestamp_format)
     label_map = {k: v for k, v in (column_map or {}).items() if v == "user_id"}
     table = read_labels(labels, label_map, label_columns, encoding) if labels is not None else None
-    return build_dataset(events, report, min_behaviors=min_behaviors, raw_users=raw_users, labels=table,
-                         label_classes=label_classes, invalid_labels=invalid_labels)
-
-
-def build_dataset(
-    events: pd.DataFrame,
-    report: IngestReport,
-    *,
-    min_behaviors: int = 1,
-    raw_users: set[str] | None = None,
-    labels=None,
-    label_classes: dict[str, Sequence] | None = None,
-    invalid_labels: str = "raise",
-    extra_texts: Sequence[str] = (),
-) -> BehaviorDataset:
-    """Group cleaned events into a `BehaviorDataset`. `extra_texts` (ad texts) join the vocabulary after the behaviors."""
-    return group_and_build(events, report, min_behaviors=min_behaviors, raw_users=raw_users, labels=labels,
-                           label_classes=label_classes, invalid_labels=invalid_labels, extra_texts=extra_texts)[0]
+    return group_and_build(events, report, min_behaviors=min_behaviors, raw_users=raw_users, labels=table,
+                           label_classes=label_classes, invalid_labels=invalid_labels)[0]
 
 
 def group_and_build(
@@ -148,7 +132,10 @@ def group_and_build(
     invalid_labels: str = "raise",
     extra_texts: Sequence[str] = (),
 ) -> tuple[BehaviorDataset, Sequences, dict[str, int]]:
-    """Like `build_dataset`, also returning the `Sequences` (kept event order) and the id of each extra text."""
+    """
+    Group cleaned events into a `BehaviorDataset`; `extra_texts` (ad texts) join the vocabulary after the behaviors.
+    Also returns the `Sequences` (kept event order, for builders attaching per-event data) and each extra text's id.
+    """
     if min_behaviors < 1:
         raise ValueError(f"min_behaviors must be >= 1, got {min_behaviors}")
     sequences = group_events(events, report, min_behaviors)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .events import _normalise_ids
+from .events import normalise_ids
 from .readers import ROW, Source, detect_format, iter_chunks
 from .report import IngestReport
 
@@ -43,18 +43,19 @@ def read_labels(
         columns = None if label_columns is None else ["user_id", *label_columns]
         required = ["user_id", *(label_columns or [])]
         frame = pd.concat(list(iter_chunks(source, columns, column_map, required=required)), ignore_index=True)
-    names = list(label_columns) if label_columns is not None else [c for c in frame.columns if c not in ("user_id", ROW)]
+    names = list(label_columns) if label_columns is not None else [
+        c for c in frame.columns if c not in ("user_id", ROW)]
     if not names:
         raise source.error("the labels table has no label column besides 'user_id'")
-    user_ids = _normalise_ids(frame["user_id"])
+    user_ids = normalise_ids(frame["user_id"])
     if user_ids.isna().any():
         raise source.error("missing user id", row=int(frame[ROW].iloc[int(np.argmax(user_ids.isna()))]),
                            column="user_id")
     repeated = user_ids.duplicated().to_numpy()
     if repeated.any():
         position = int(np.argmax(repeated))
-        raise source.error(f"user {user_ids.iloc[position]!r} has a second labels row", row=int(frame[ROW].iloc[position]),
-                           column="user_id")
+        raise source.error(f"user {user_ids.iloc[position]!r} has a second labels row",
+                           row=int(frame[ROW].iloc[position]), column="user_id")
     return LabelTable(source, list(user_ids), frame[names + [ROW]].reset_index(drop=True))
 
 
@@ -80,13 +81,13 @@ def encode_labels(
     rows = where[has_row].astype(np.int64)
     encoded, classes = {}, {}
     for name in [c for c in table.raw.columns if c != ROW]:
-        keys = table.raw[name].map(_label_key)
+        keys = [_label_key(v) for v in table.raw[name].tolist()]
         if label_classes is not None and name in label_classes:
             names = list(label_classes[name])
         else:
-            names = _infer_classes(keys.dropna().unique())
+            names = _infer_classes({k for k in keys if k is not None})
         lookup = {_label_key(c): i for i, c in enumerate(names)}
-        index = keys.map(lambda k: -1 if k is None else lookup.get(k, -2)).to_numpy(np.int64)
+        index = np.array([-1 if k is None else lookup.get(k, -2) for k in keys], np.int64)
         invalid = index == -2
         if invalid.any() and invalid_labels == "raise":
             first = int(np.argmax(invalid))

@@ -75,6 +75,18 @@ class NegativeSampler:
                                 self.hard_rounds, lambda: self.distinct)
 
 
+def unique_sorted(values: np.ndarray) -> np.ndarray:
+    """np.unique for int arrays via a sort (faster than numpy's hash-based unique on small batches)."""
+    values = np.sort(values, axis=None)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+def is_member(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """np.isin(values, sorted_keys) for sorted unique keys, by binary search."""
+    at = np.minimum(np.searchsorted(sorted_keys, values), len(sorted_keys) - 1)
+    return sorted_keys[at] == values
+
+
 def sample_negatives(pool, positives, num, rng, owners=None, own_keys=None, key_base=0, soft_rounds=8,
                      hard_rounds=8, distinct=None):
     """The sampler's rules on any pool (used directly for in-batch sampling). See `NegativeSampler`."""
@@ -83,7 +95,7 @@ def sample_negatives(pool, positives, num, rng, owners=None, own_keys=None, key_
     for round_ in range(soft_rounds + hard_rounds):
         bad = negatives == positives[:, None]
         if round_ < soft_rounds and own_keys is not None and len(own_keys):
-            bad |= np.isin(owners[:, None] * key_base + negatives, own_keys)
+            bad |= is_member(owners[:, None] * key_base + negatives, own_keys)
         if not bad.any():
             break
         negatives[bad] = pool[rng.integers(0, len(pool), int(bad.sum()))]
@@ -91,7 +103,7 @@ def sample_negatives(pool, positives, num, rng, owners=None, own_keys=None, key_
     impossible = np.zeros(len(positives), bool)
     if bad.any():
         # Rare (a pool dominated by the positive): draw among the distinct other behaviors instead.
-        choices = distinct() if distinct is not None else np.unique(pool).astype(np.int64)
+        choices = distinct() if distinct is not None else unique_sorted(pool).astype(np.int64)
         rows, cols = np.nonzero(bad)
         at = np.searchsorted(choices, positives[rows])
         present = (at < len(choices)) & (choices[np.minimum(at, len(choices) - 1)] == positives[rows])

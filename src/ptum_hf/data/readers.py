@@ -87,6 +87,7 @@ class Source:
     path: str
     format: str
     encoding: str = "utf-8"
+    header_lines: int = 0  # for format "lines": one record per line after this many header lines
 
     def locate(self, row: int) -> tuple[int, str]:
         """(number, unit) of the record whose `_row` is `row`: a 1-based line, or a 1-based Parquet row."""
@@ -94,6 +95,8 @@ class Source:
             return int(row) + 1, "row"
         if self.format == "jsonl":
             return int(row) + 1, "line"  # for JSON lines `_row` already is the 0-based line
+        if self.format == "lines":
+            return int(row) + 1 + self.header_lines, "line"
         return _csv_line_of_record(self, int(row)), "line"
 
     def error(self, message: str, row: int | None = None, column: str | None = None) -> BehaviorLogError:
@@ -146,7 +149,8 @@ def check_columns(source: Source, found: Sequence[str], required: Sequence[str],
         close = difflib.get_close_matches(name, [str(f) for f in found], n=1, cutoff=0.5)
         if close:
             hints.append(f"column_map={{{close[0]!r}: {name!r}}}")
-    hint = f"; did you mean {' / '.join(hints)}?" if hints else "; rename them with column_map={'<file column>': '<name>'}"
+    hint = (f"; did you mean {' / '.join(hints)}?" if hints
+            else "; rename them with column_map={'<file column>': '<name>'}")
     raise BehaviorLogError(
         f"missing column(s) {', '.join(map(repr, missing))}; the file has {', '.join(map(repr, map(str, found)))}"
         f" (column_map={column_map!r}){hint}",
@@ -202,12 +206,12 @@ def _iter_csv(source, columns, required, column_map, chunk_size):
     try:
         reader = pd.read_csv(
             source.path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, encoding=source.encoding,
-            usecols=list(wanted), chunksize=chunk_size or 1_000_000, engine="c", on_bad_lines="error",
-        )
+            chunksize=chunk_size or 1_000_000, engine="c", on_bad_lines="error",
+        )  # no usecols: with it pandas silently ignores extra fields, e.g. of an unquoted comma
         start = 0
         with reader:
             for chunk in reader:
-                chunk = chunk.rename(columns=wanted)
+                chunk = chunk[list(wanted)].rename(columns=wanted)
                 chunk[ROW] = range(start, start + len(chunk))
                 start += len(chunk)
                 yield chunk

@@ -18,12 +18,12 @@ class IngestReport:
         events_read: event rows read (after exploding per-user list rows).
         events_kept: events stored in `BehaviorDataset.users`.
         dropped_events: reason -> count (`missing_user_id`, `missing_text`, `missing_timestamp`,
-            `negative_timestamp`, `duplicate_event`, `user_too_short`, ...).
+            `negative_timestamp`, `duplicate_event`, `user_too_short`; MIND: `unknown_news`).
         users_read: distinct users in the log or the labels table.
         users_kept: rows of `BehaviorDataset.users`.
         dropped_users: reason -> count (`no_events`: only in the labels table or every event dropped;
             `too_few_behaviors`: fewer than `min_behaviors` events kept).
-        texts_truncated: kept events whose text was cut to `max_text_chars`.
+        texts_truncated: events whose text was cut to `max_text_chars` (counted before duplicates are removed).
         users_reordered: kept users whose events were not in time order in the input (they were sorted).
         tied_timestamps: kept events with the same time as the user's previous event (kept, in input order).
         missing_labels / invalid_labels: label name -> kept users without a (valid) label.

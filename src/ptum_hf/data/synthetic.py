@@ -12,11 +12,13 @@ words. Labels depend on the user's mean interest through random linear maps, one
 of the labels replaced by random classes:
     age = argmax((mean_interest - 1/T) @ W_age) (4 classes), gender = argmax(... @ W_gender) (2 classes).
 A single behavior reveals one topic drawn from a mixture of several, so it predicts a label only weakly; the whole
-history estimates the mixture and predicts it well (on the defaults, with the topics known exactly: age about 0.38
-accuracy from one behavior vs 0.68 from the history, majority 0.27; gender 0.62 vs 0.81). Words only reveal their
-topic through co-occurrence, which is what pre-training on unlabeled sequences can learn.
+history estimates the mixture and predicts it well. Measured on the defaults (3,000 users, bag-of-words logistic
+regression, 2,000 train / 1,000 test): age accuracy 0.61 from the whole history vs 0.34 from the last behavior
+alone (majority 0.30); gender 0.78 vs 0.55 (majority 0.52). Words reveal their topic only through co-occurrence,
+which is what pre-training on unlabeled sequences can learn.
 CTR: impressions at random points of a user's timeline show an ad about a topic (half from the user's current
-interest, half uniform); clicked ~ Bernoulli(sigmoid(log(T * interest[ad topic] + 0.05) - 1.5)) (about 25% clicks).
+interest, half uniform); clicked ~ Bernoulli(sigmoid(log(T * interest[ad topic] + 0.05) - 1.5)): about 23%
+clicks; the cosine of the history's and the ad's word counts alone gives AUC 0.72.
 
 Generation runs in blocks of `BLOCK` users, each from its own seed, so the in-memory and the streaming versions
 hold the same users, and the streaming one can be sharded.
@@ -29,9 +31,11 @@ from dataclasses import asdict, dataclass
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .ctr import ctr_dataset_dict, split_by_time
 from .dataset import BehaviorDataset, users_dataset
+from .iterable import iterable_from_tables, list_array
 from .report import IngestReport
 
 
@@ -48,18 +52,18 @@ class SyntheticConfig:
 
     num_users: int = 5000
     seed: int = 0
-    num_topics: int = 16
+    num_topics: int = 12
     words_per_topic: int = 80
     generic_words: int = 300
-    topic_word_share: float = 0.7
+    topic_word_share: float = 0.8
     catalogue_size: int = 5000
     fresh_fraction: float = 0.15
-    interest_concentration: float = 0.4
+    interest_concentration: float = 0.3
     drift: float = 0.3
     min_length: int = 5
     mean_length: int = 30
     max_length: int = 200
-    label_noise: float = 0.1
+    label_noise: float = 0.05
     num_ads: int = 200
     impressions_per_user: int = 5
     ctr_min_history: int = 5
@@ -152,11 +156,11 @@ class Block:
 
 
 def generate_block(world: World, index: int) -> Block:
-    """Users of block `index` (deterministic given the seed and the index)."""
+    """Users of block `index` (deterministic given the seed and the index, whatever `num_users` is)."""
     c = world.config
     rng = np.random.default_rng([c.seed, index])
     first = index * BLOCK
-    users = min(BLOCK, c.num_users - first)
+    users = BLOCK  # always a full block, so user i does not depend on num_users; cut below
     sigma = 0.8
     lengths = rng.lognormal(np.log(c.mean_length) - sigma**2 / 2, sigma, users)
     lengths = np.clip(np.round(lengths), c.min_length, c.max_length).astype(np.int64)
@@ -189,7 +193,11 @@ def generate_block(world: World, index: int) -> Block:
     times = np.cumsum(gaps)
     times = times - np.repeat(times[offsets[:-1]], lengths) + np.repeat(starts, lengths)
     impressions = _impressions(world, start, end, lengths, offsets, times, rng)
-    return Block(first, lengths, items, fresh_texts, times, labels, impressions)
+    keep = min(BLOCK, c.num_users - first)
+    inside = impressions["user"] < keep
+    return Block(first, lengths[:keep], items[: offsets[keep]], fresh_texts, times[: offsets[keep]],
+                 {name: label[:keep] for name, label in labels.items()},
+                 {name: values[inside] for name, values in impressions.items()})
 
 
 def _draw_topics(start, end, owner, progress, rng) -> np.ndarray:
@@ -237,9 +245,8 @@ def load_synthetic(streaming: bool = False, **kwargs) -> BehaviorDataset | datas
     """
     config = SyntheticConfig(**kwargs)
     if streaming:
-        return datasets.IterableDataset.from_generator(
-            _stream, features=STREAM_FEATURES, gen_kwargs={"config": asdict(config), "blocks": list(_blocks(config))}
-        )
+        return iterable_from_tables(_stream, {"config": asdict(config), "blocks": list(_blocks(config))},
+                                    STREAM_FEATURES)
     world = World(config)
     blocks = [generate_block(world, i) for i in _blocks(config)]
     return _assemble(world, blocks)
@@ -257,17 +264,21 @@ STREAM_FEATURES = datasets.Features(
 
 
 def _stream(config: dict, blocks: list[int]):
+    """One Arrow table of per-user rows per block."""
     world = World(SyntheticConfig(**config))
+    catalogue = world.catalogue
     for index in blocks:
         block = generate_block(world, index)
         offsets = np.r_[0, np.cumsum(block.lengths)]
-        catalogue = world.catalogue
         texts = [catalogue[i] if i >= 0 else block.fresh[-1 - i] for i in block.items.tolist()]
-        times = block.timestamps.tolist()
-        for u in range(len(block.lengths)):
-            a, b = offsets[u], offsets[u + 1]
-            yield {"user_id": f"u{block.first + u}", "behavior_texts": texts[a:b], "timestamps": times[a:b],
-                   "age": int(block.labels["age"][u]), "gender": int(block.labels["gender"][u])}
+        users = block.first + np.arange(len(block.lengths))
+        yield pa.table({
+            "user_id": pa.array([f"u{u}" for u in users.tolist()], pa.string()),
+            "behavior_texts": list_array(offsets, pa.array(texts, pa.string())),
+            "timestamps": list_array(offsets, pa.array(block.timestamps, pa.int64())),
+            "age": pa.array(block.labels["age"], pa.int64()),
+            "gender": pa.array(block.labels["gender"], pa.int64()),
+        })
 
 
 def _assemble(world: World, blocks: list[Block]) -> BehaviorDataset:
@@ -282,12 +293,14 @@ def _assemble(world: World, blocks: list[Block]) -> BehaviorDataset:
     texts = np.array(world.catalogue + fresh_texts + world.ad_titles + world.ad_descriptions, dtype=object)
     title_ids = catalogue + len(fresh_texts) + ads
     description_ids = title_ids + c.num_ads
-    # Keep only texts in use, each once, in order of first use (events first, then ads).
-    used = np.concatenate([ids, title_ids, description_ids])
-    codes, vocabulary = pd.factorize(texts[used])
-    n = len(ids)
-    ids, title_ids, description_ids = codes[:n], codes[n:n + c.num_ads], codes[n + c.num_ads:]
-
+    # Each text once (titles may repeat by chance), then only the texts in use, in catalogue/fresh/ads order.
+    codes, vocabulary = pd.factorize(texts)
+    used = np.zeros(len(vocabulary), bool)
+    for part in (ids, title_ids, description_ids):
+        used[codes[part]] = True
+    new_id = np.cumsum(used) - 1
+    ids, title_ids, description_ids = (new_id[codes[part]] for part in (ids, title_ids, description_ids))
+    vocabulary = vocabulary[used]
     lengths = np.concatenate([b.lengths for b in blocks])
     offsets = np.r_[0, np.cumsum(lengths)]
     labels = {name: np.concatenate([b.labels[name] for b in blocks]) for name in ("age", "gender")}
@@ -304,7 +317,7 @@ def _assemble(world: World, blocks: list[Block]) -> BehaviorDataset:
          "label": impressions["label"], "timestamp": impressions["timestamp"]},
         split_by_time(impressions["timestamp"]),
     )
-    report.notes.append(f"synthetic: {c.num_topics} topics, catalogue {len(world.catalogue)}, "
-                        f"{len(fresh_texts)} fresh titles, {c.num_ads} ads")
+    report.notes.append(f"synthetic: {c.num_topics} topics, catalogue of {len(world.catalogue)} titles, "
+                        f"{c.num_ads} ads, {len(vocabulary)} distinct texts")
     return BehaviorDataset(users=users, behaviors=[str(t) for t in vocabulary], report=report, ctr=ctr,
                            label_classes={"age": list(AGE_CLASSES), "gender": list(GENDER_CLASSES)})

@@ -147,12 +147,41 @@ def gather_ragged(token_ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, 
     return input_ids, mask.astype(np.int64)
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int, add_special_tokens: bool = True):
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int, add_special_tokens: bool = True
+) -> list[list[int]]:
     """Token id lists of `texts`, truncated to `max_tokens`; an empty result becomes `[UNK]`."""
-    ids = tokenizer(list(texts), add_special_tokens=add_special_tokens, truncation=True, max_length=max_tokens,
-                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    texts = list(texts)
+    encoder = _backend(tokenizer, max_tokens)
+    if encoder is not None:
+        # The Rust tokenizer directly: several times faster than the BatchEncoding path, same ids.
+        encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)  # _fast skips offsets (tokenizers>=0.21)
+        ids = [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+    else:
+        ids = tokenizer(texts, add_special_tokens=add_special_tokens, truncation=True, max_length=max_tokens,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else pad_token_id_of(tokenizer)
     return [row if row else [unk] for row in ids]
+
+
+_BACKENDS: dict = {}
+
+
+def _backend(tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> Tokenizer | None:
+    """A copy of a fast tokenizer's backend truncating at `max_tokens` (the original is left untouched)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    key = (id(tokenizer), max_tokens)
+    cached = _BACKENDS.get(key)
+    if cached is None or cached[0] is not tokenizer:
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_padding()
+        copy.enable_truncation(max_tokens)
+        if len(_BACKENDS) > 16:
+            _BACKENDS.clear()
+        cached = _BACKENDS[key] = (tokenizer, copy)
+    return cached[1]
 
 
 def pad_token_id_of(tokenizer: PreTrainedTokenizerBase) -> int:

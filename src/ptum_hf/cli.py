@@ -1,0 +1,108 @@
+"""`ptum-hf` command line: pretrain, finetune, embed, push, reproduce.
+
+Each command's arguments are dataclasses parsed with `HfArgumentParser`: give flags, or one JSON/YAML file.
+
+    ptum-hf pretrain --dataset synthetic --num_users 2000 --output_dir outputs/pretrain
+    ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --label_fraction 0.2
+    ptum-hf embed --model_name_or_path outputs/pretrain/model --output_file outputs/users.parquet
+    ptum-hf push outputs/pretrain/model --repo_id my-org/ptum-hsa
+"""
+
+import argparse
+import json
+import sys
+
+from transformers import HfArgumentParser, TrainingArguments
+
+
+def parse(dataclass_types, argv):
+    parser = HfArgumentParser(dataclass_types)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def cmd_pretrain(argv):
+    from .modelcard import PTUMModelCardData
+    from .pretraining import PretrainingArguments, pretrain
+
+    (args,) = parse(PretrainingArguments, argv)
+    print(f"model saved to {pretrain(args, card_data=PTUMModelCardData())}")
+
+
+def cmd_finetune(argv):
+    from .finetuning import FinetuneArguments, run_finetuning
+
+    if not argv or argv[0] not in ("demographics", "ctr"):
+        raise SystemExit("usage: ptum-hf finetune {demographics,ctr} [--flags | config.json]")
+    task, argv = argv[0], argv[1:]
+    if not any(a.startswith("--output_dir") for a in argv) and not (len(argv) == 1 and "." in argv[0]):
+        argv = [*argv, "--output_dir", f"outputs/finetune-{task}"]
+    args, training_args = parse((FinetuneArguments, TrainingArguments), [*argv, "--task", task])
+    metrics = run_finetuning(args, training_args)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_embed(argv):
+    from .embedding import EmbedArguments, run_embedding
+
+    (args,) = parse(EmbedArguments, argv)
+    print(f"embeddings written to {run_embedding(args)}")
+
+
+def cmd_push(argv):
+    parser = argparse.ArgumentParser(prog="ptum-hf push", description="Push a saved PTUM model folder to the Hub.")
+    parser.add_argument("folder")
+    parser.add_argument("--repo_id", required=True)
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from .hub import push_to_hub
+    from .modeling_ptum import PTUMModel, PTUMPreTrainedModel
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.folder)
+    architecture = (config.architectures or ["PTUMModel"])[0]
+    model_class = next((c for c in PTUMPreTrainedModel.__subclasses__() if c.__name__ == architecture), PTUMModel)
+    model = model_class.from_pretrained(args.folder)
+    tokenizer = AutoTokenizer.from_pretrained(args.folder)
+    card = f"{args.folder}/README.md"
+    info = push_to_hub(model, args.repo_id, tokenizer=tokenizer, card=card if _exists(card) else None,
+                       private=args.private)
+    print(f"pushed: {info}")
+
+
+def _exists(path):
+    import os
+
+    return os.path.exists(path)
+
+
+def cmd_reproduce(argv):
+    from .reproduce import main as reproduce_main
+
+    reproduce_main(argv)
+
+
+COMMANDS = {
+    "pretrain": cmd_pretrain,
+    "finetune": cmd_finetune,
+    "embed": cmd_embed,
+    "push": cmd_push,
+    "reproduce": cmd_reproduce,
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__)
+        raise SystemExit(f"usage: ptum-hf {{{','.join(COMMANDS)}}} ...")
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""User embeddings for a whole dataset, written to Parquet in batches.
+
+With the behavior cache (the default) each unique behavior of the dataset is encoded once and reused by every user
+that has it; without it every user's behaviors are encoded again in each batch.
+
+    ptum-hf embed --model_name_or_path outputs/pretrain/model --dataset movielens-100k --output_file users.parquet
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from .modeling_ptum import PTUMModel
+
+
+@dataclass
+class EmbedArguments:
+    model_name_or_path: str = field(metadata={"help": "A PTUM checkpoint (folder or Hub id) with its tokenizer."})
+    output_file: str = field(default="outputs/user_embeddings.parquet")
+    dataset: str = field(default="synthetic")
+    data_dir: str | None = field(default=None)
+    num_users: int = field(default=2000)
+    data_seed: int = field(default=0)
+    batch_size: int = field(default=256)
+    no_cache: bool = field(default=False, metadata={"help": "Re-encode behaviors per batch (for comparison)."})
+
+
+def encode_behavior_table(model: PTUMModel, token_cache, batch_size: int = 1024) -> torch.Tensor:
+    """Every behavior of the vocabulary, encoded once: (num_behaviors, hidden_size)."""
+    vectors = []
+    with torch.inference_mode():
+        # Sorting by length keeps padding low: each chunk pads to its own longest behavior.
+        order = np.argsort(token_cache.lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            ids, mask = token_cache.gather(order[start : start + batch_size])
+            vectors.append(model.encode_behaviors(torch.as_tensor(ids), torch.as_tensor(mask)))
+    if not vectors:
+        return torch.zeros(0, model.config.hidden_size)
+    table = torch.empty(len(order), model.config.hidden_size)
+    table[torch.as_tensor(order)] = torch.cat(vectors).float()
+    return table
+
+
+def global_histories(features: list[dict], max_behaviors: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Histories that index the whole vocabulary (row = behavior id): the last `max_behaviors` behaviors, right-padded
+    with -1, and seconds to each user's last behavior."""
+    width = max(1, max(min(len(f["behavior_ids"]), max_behaviors) for f in features))
+    history = np.full((len(features), width), -1, np.int64)
+    gaps = np.zeros((len(features), width), np.float32)
+    for row, feature in enumerate(features):
+        ids = np.asarray(feature["behavior_ids"][-max_behaviors:], np.int64)
+        times = np.asarray(feature["timestamps"][-max_behaviors:], np.float64)
+        history[row, : len(ids)] = ids
+        if len(times):
+            gaps[row, : len(times)] = times[-1] - times
+    return torch.from_numpy(history), torch.from_numpy(gaps)
+
+
+def iter_user_embeddings(model: PTUMModel, data, collator, batch_size: int, use_cache: bool = True):
+    """Yield (user ids, (B, hidden_size) numpy vectors) batch by batch, in the order of `data.users`."""
+    model.eval()
+    table = encode_behavior_table(model, collator.token_cache) if use_cache else None
+    users = data.users
+    with torch.inference_mode():
+        for start in range(0, len(users), batch_size):
+            rows = users.select(range(start, min(start + batch_size, len(users))))
+            features = list(rows)
+            if table is not None:
+                history, gaps = global_histories(features, model.config.max_behaviors)
+                vectors = model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
+            else:
+                batch = collator(features)
+                batch.pop("labels", None)
+                vectors = model(**batch)
+            yield [row["user_id"] for row in features], vectors.user_embeddings.float().numpy()
+
+
+def write_user_embeddings(model, data, collator, output_file, batch_size: int = 256, use_cache: bool = True) -> Path:
+    """Write `user_id` and `embedding` (list of float32) to Parquet under a temporary name, then rename."""
+    output_file = Path(output_file)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_file.with_name(f".tmp-{output_file.name}")
+    writer = None
+    total = len(data.users)
+    try:
+        with tqdm(total=total, desc="embed", unit="user") as bar:
+            for user_ids, vectors in iter_user_embeddings(model, data, collator, batch_size, use_cache):
+                flat = pa.array(vectors.reshape(-1), type=pa.float32())
+                column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+                batch = pa.table({"user_id": pa.array(user_ids, type=pa.string()), "embedding": column})
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, batch.schema)
+                writer.write_table(batch)
+                bar.update(len(user_ids))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("the dataset has no users to embed")
+    os.replace(tmp, output_file)
+    return output_file
