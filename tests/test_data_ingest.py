@@ -81,7 +81,8 @@ def test_per_user_list_rows(tmp_path):
     rows = [{"user_id": user, "text": texts, "timestamp": times} for user, (texts, times) in EXPECTED.items()]
     path = tmp_path / "users.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert as_texts(read_behavior_log(path)) == EXPECTED
+    data = read_behavior_log(path)
+    assert as_texts(data) == EXPECTED and (data.report.rows_read, data.report.events_read) == (3, 6)
     pd.DataFrame(rows).to_parquet(tmp_path / "users.parquet")
     assert as_texts(read_behavior_log(tmp_path / "users.parquet")) == EXPECTED
 

@@ -146,6 +146,7 @@ def remote_code_registered(model):
                     delattr(cls, "_auto_class")
             else:
                 cls._auto_class = value
+        model.__dict__.pop("_ships_code", None)
         if saved_auto_map is _MISSING:
             model.config.__dict__.pop("auto_map", None)
         else:

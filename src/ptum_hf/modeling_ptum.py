@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput
 
 from .configuration_ptum import PTUMConfig
@@ -370,18 +371,15 @@ class PTUMPreTrainedModel(PreTrainedModel):
 
     def register_for_auto_classes(self):
         """Make `save_pretrained` copy this file and the config file beside the weights and map every Auto class,
-        so the checkpoint loads with `trust_remote_code=True` where `ptum_hf` is not installed."""
+        so the checkpoint loads with `trust_remote_code=True` where `ptum_hf` is not installed. Affects this instance
+        only (transformers' `register_for_auto_class` marks the whole class)."""
         self.config.auto_map = dict(REMOTE_AUTO_MAP)
-        auto_class = {v.split(".")[-1]: k for k, v in REMOTE_AUTO_MAP.items()}.get(type(self).__name__, "AutoModel")
-        self._auto_class = auto_class  # on this instance only: transformers' register_for_auto_class marks the class
+        self._ships_code = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
-        # A head without its own Auto class (CTR) registers as AutoModel; keep AutoModel pointing at the encoder.
-        if getattr(self.config, "auto_map", None) and self.config.auto_map != REMOTE_AUTO_MAP:
-            if set(self.config.auto_map) <= set(REMOTE_AUTO_MAP):
-                self.config.auto_map = dict(REMOTE_AUTO_MAP)
-                self.config.to_json_file(os.path.join(save_directory, "config.json"))
+        if getattr(self, "_ships_code", False) and kwargs.get("is_main_process", True):
+            custom_object_save(self, save_directory)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

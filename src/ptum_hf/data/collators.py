@@ -41,6 +41,7 @@ MASKED = -2  # the MBP slot whose behavior is to be predicted
 PADDING = -1  # history padding, and "no ad description"
 IGNORE_INDEX = -100
 NEGATIVE_SAMPLING = ("occurrence", "uniform", "batch")
+TRAINER_HINT = " (with the HF Trainer, pass TrainingArguments(remove_unused_columns=False))"
 
 
 @dataclass
@@ -98,7 +99,8 @@ class BehaviorCollatorBase:
         text_mode = "behavior_ids" not in first
         key = "behavior_texts" if text_mode else "behavior_ids"
         if key not in first or "timestamps" not in first:
-            raise KeyError(f"rows need 'behavior_ids' (or 'behavior_texts') and 'timestamps'; got {sorted(first)}")
+            raise KeyError(f"rows need 'behavior_ids' (or 'behavior_texts') and 'timestamps'; got {sorted(first)}"
+                           f"{TRAINER_HINT}")
         if text_mode and self.tokenizer is None:
             raise ValueError("rows hold behavior_texts: pass tokenizer= to the collator")
         if not text_mode and self.token_cache is None:
@@ -384,8 +386,11 @@ class CTRCollator(BehaviorCollatorBase):
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("empty batch")
-        column = {name: np.array([f[name] for f in features], np.int64)
-                  for name in ("user_index", "history_end", "ad_title_id", "ad_description_id")}
+        names = ("user_index", "history_end", "ad_title_id", "ad_description_id", "label")
+        missing = [name for name in names if name not in features[0]]
+        if missing:
+            raise KeyError(f"CTR rows need {missing}; got {sorted(features[0])}{TRAINER_HINT}")
+        column = {name: np.array([f[name] for f in features], np.int64) for name in names[:-1]}
         users, ends = column["user_index"], column["history_end"]
         seq = self.sequences
         if users.min() < 0 or users.max() >= len(seq):

@@ -109,6 +109,7 @@ def read_behavior_log(
     frames, raw_users = [], set()
     for index, source in enumerate(sources):
         for chunk in iter_chunks(source, EVENT_COLUMNS, column_map):
+            report.rows_read += len(chunk)
             chunk = explode_user_rows(chunk, source)
             raw_users |= seen_user_ids(chunk)
             frames.append(chunk.assign(**{SOURCE: index}))

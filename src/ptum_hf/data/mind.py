@@ -65,6 +65,7 @@ def load_mind(
                            row=first, column="time")
     rows["seconds"] = times.to_numpy().astype("datetime64[s]").astype(np.int64)
     report = IngestReport(files=[news.attrs["source"].path, source.path])
+    report.rows_read = len(rows)  # behaviors.tsv lines
 
     impressions = _impressions(rows, source)
     events = _history_events(rows, history_spacing, report)

@@ -76,6 +76,7 @@ def load_movielens(
     sources = [ratings.attrs["source"]]
     report = IngestReport(files=[s.path for s in (ratings.attrs["source"], items.attrs["source"],
                                                   users.attrs["source"])])
+    report.rows_read = len(ratings)
 
     known = ratings["item_id"].isin(items.index)
     if not known.all():

@@ -15,7 +15,8 @@ class IngestReport:
 
     Attributes:
         files: the files read.
-        events_read: event rows read (after exploding per-user list rows).
+        rows_read: records read from the files (a per-user row with lists counts once).
+        events_read: events read (per-user list rows exploded into their events).
         events_kept: events stored in `BehaviorDataset.users`.
         dropped_events: reason -> count (`missing_user_id`, `missing_text`, `missing_timestamp`,
             `negative_timestamp`, `duplicate_event`, `user_too_short`; MIND: `unknown_news`).
@@ -32,6 +33,7 @@ class IngestReport:
     """
 
     files: list[str] = field(default_factory=list)
+    rows_read: int = 0
     events_read: int = 0
     events_kept: int = 0
     dropped_events: dict[str, int] = field(default_factory=dict)
@@ -60,7 +62,7 @@ class IngestReport:
 
     def merge(self, other: "IngestReport") -> None:
         """Add another report's counts to this one (used by streaming, one report per file)."""
-        for name in ("events_read", "events_kept", "users_read", "users_kept", "texts_truncated",
+        for name in ("rows_read", "events_read", "events_kept", "users_read", "users_kept", "texts_truncated",
                      "users_reordered", "tied_timestamps", "impressions_read", "impressions_kept"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("dropped_events", "dropped_users", "missing_labels", "invalid_labels", "dropped_impressions"):
@@ -80,7 +82,8 @@ class IngestReport:
     def summary(self) -> str:
         """A few human-readable lines."""
         lines = [
-            f"events: {self.events_read} read, {self.events_kept} kept, dropped {self.dropped_events or 'none'}",
+            f"rows: {self.rows_read} read; events: {self.events_read} read, {self.events_kept} kept, "
+            f"dropped {self.dropped_events or 'none'}",
             f"users: {self.users_read} read, {self.users_kept} kept, dropped {self.dropped_users or 'none'}",
         ]
         if self.texts_truncated or self.users_reordered or self.tied_timestamps:

@@ -102,6 +102,7 @@ def iter_file_users(
     seen: set[str] = set()
     pending, last = None, None  # the last user of a chunk may go on in the next one
     for chunk in iter_chunks(source, EVENT_COLUMNS, column_map, chunk_size):
+        report.rows_read += len(chunk)
         chunk = explode_user_rows(chunk, source).assign(**{SOURCE: 0})
         users = normalise_ids(chunk["user_id"])
         _check_grouped(source, chunk, users, seen, last)

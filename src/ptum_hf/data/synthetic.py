@@ -306,8 +306,8 @@ def _assemble(world: World, blocks: list[Block]) -> BehaviorDataset:
     labels = {name: np.concatenate([b.labels[name] for b in blocks]) for name in ("age", "gender")}
     users = users_dataset([f"u{i}" for i in range(c.num_users)], offsets, ids,
                           np.concatenate([b.timestamps for b in blocks]), labels)
-    report = IngestReport(files=[f"<synthetic seed={c.seed}>"], events_read=len(ids), events_kept=len(ids),
-                          users_read=c.num_users, users_kept=c.num_users)
+    report = IngestReport(files=[f"<synthetic seed={c.seed}>"], rows_read=len(ids), events_read=len(ids),
+                          events_kept=len(ids), users_read=c.num_users, users_kept=c.num_users)
     impressions = {k: np.concatenate([b.impressions[k] + (b.first if k == "user" else 0) for b in blocks])
                    for k in ("user", "history_end", "ad", "label", "timestamp")}
     report.impressions_read = report.impressions_kept = len(impressions["user"])
