@@ -145,20 +145,19 @@ class PTUMAdditiveAttention(nn.Module):
 class PTUMSelfAttention(nn.Module):
     """Multi-head self-attention with fused scaled-dot-product attention. `x` (B, N, D_in) -> (B, N, H * d)."""
 
-    def __init__(self, in_dim: int, num_heads: int, out_dim: int, dropout: float):
+    def __init__(self, in_dim: int, num_heads: int, out_dim: int):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(in_dim, 3 * out_dim)
-        self.dropout = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         # A row with no valid key would give NaN; let such rows attend everywhere, callers zero them afterwards.
         key_mask = mask | ~mask.any(-1, keepdim=True)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
-        )
+        # No dropout on attention probabilities (the paper drops embeddings and layer outputs only): on CPU the
+        # (B, heads, N, N) dropout mask cost more than the attention itself.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
         return out.transpose(1, 2).reshape(batch, length, -1)
 
 
@@ -168,7 +167,7 @@ class PTUMTransformerLayer(nn.Module):
     def __init__(self, config: PTUMConfig):
         super().__init__()
         dim = config.hidden_size
-        self.attention = PTUMSelfAttention(dim, config.num_attention_heads, dim, config.dropout)
+        self.attention = PTUMSelfAttention(dim, config.num_attention_heads, dim)
         self.output = nn.Linear(dim, dim)
         self.attention_norm = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(
@@ -214,7 +213,7 @@ class PTUMBehaviorEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.input_proj = nn.Identity()
         if kind == "attention":
-            self.context = PTUMSelfAttention(emb, config.num_attention_heads, dim, config.dropout)
+            self.context = PTUMSelfAttention(emb, config.num_attention_heads, dim)
         elif kind == "cnn":
             self.context = nn.Conv1d(emb, dim, config.cnn_kernel_size, padding=config.cnn_kernel_size // 2)
         elif kind == "lstm":
