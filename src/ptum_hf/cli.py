@@ -32,15 +32,33 @@ def cmd_pretrain(argv):
     print(f"model saved to {pretrain(args, card_data=PTUMModelCardData())}")
 
 
+def given_fields(argv) -> set[str]:
+    """The argument names a user set, from flags or from a JSON/YAML file."""
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        import yaml
+
+        with open(argv[0]) as handle:
+            return set((json.load(handle) if argv[0].endswith(".json") else yaml.safe_load(handle)) or {})
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
 def cmd_finetune(argv):
-    from .finetuning import FinetuneArguments, run_finetuning
+    from .finetuning import FinetuneArguments, default_training_arguments, run_finetuning
 
     if not argv or argv[0] not in ("demographics", "ctr"):
         raise SystemExit("usage: ptum-hf finetune {demographics,ctr} [--flags | config.json]")
     task, argv = argv[0], argv[1:]
-    if not any(a.startswith("--output_dir") for a in argv) and not (len(argv) == 1 and "." in argv[0]):
-        argv = [*argv, "--output_dir", f"outputs/finetune-{task}"]
-    args, training_args = parse((FinetuneArguments, TrainingArguments), [*argv, "--task", task])
+    given = given_fields(argv)
+    if not (len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))):
+        argv = [*argv, "--task", task]
+        if "output_dir" not in given:
+            argv += ["--output_dir", f"outputs/finetune-{task}"]
+    args, parsed = parse((FinetuneArguments, TrainingArguments), argv)
+    args.task = task
+    # Start from the PTUM defaults (evaluate each epoch, keep the best, keep the collators' columns) and apply
+    # only what the user set.
+    overrides = {name: getattr(parsed, name) for name in given if hasattr(parsed, name) and name != "output_dir"}
+    training_args = default_training_arguments(parsed.output_dir, task, **overrides)
     metrics = run_finetuning(args, training_args)
     print(json.dumps(metrics, indent=2))
 

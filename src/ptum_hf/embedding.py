@@ -26,7 +26,7 @@ class EmbedArguments:
     dataset: str = field(default="synthetic")
     data_dir: str | None = field(default=None)
     num_users: int = field(default=2000)
-    data_seed: int = field(default=0)
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic source."})
     batch_size: int = field(default=256)
     no_cache: bool = field(default=False, metadata={"help": "Re-encode behaviors per batch (for comparison)."})
 
@@ -62,26 +62,28 @@ def global_histories(features: list[dict], max_behaviors: int) -> tuple[torch.Te
     return torch.from_numpy(history), torch.from_numpy(gaps)
 
 
-def iter_user_embeddings(model: PTUMModel, data, collator, batch_size: int, use_cache: bool = True):
-    """Yield (user ids, (B, hidden_size) numpy vectors) batch by batch, in the order of `data.users`."""
+def iter_user_embeddings(model: PTUMModel, data, token_cache, batch_size: int = 256, use_cache: bool = True):
+    """Yield (user ids, (B, hidden_size) float32 numpy vectors) batch by batch, in the order of `data.users`."""
     model.eval()
-    table = encode_behavior_table(model, collator.token_cache) if use_cache else None
+    table = encode_behavior_table(model, token_cache) if use_cache else None
     users = data.users
     with torch.inference_mode():
         for start in range(0, len(users), batch_size):
-            rows = users.select(range(start, min(start + batch_size, len(users))))
-            features = list(rows)
+            features = list(users.select(range(start, min(start + batch_size, len(users)))))
+            history, gaps = global_histories(features, model.config.max_behaviors)
             if table is not None:
-                history, gaps = global_histories(features, model.config.max_behaviors)
-                vectors = model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
-            else:
-                batch = collator(features)
-                batch.pop("labels", None)
-                vectors = model(**batch)
-            yield [row["user_id"] for row in features], vectors.user_embeddings.float().numpy()
+                out = model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
+            else:  # encode this batch's unique behaviors again
+                valid = history >= 0
+                unique, inverse = torch.unique(history[valid], return_inverse=True)
+                ids, mask = token_cache.gather(unique.numpy())
+                local = torch.full_like(history, -1)
+                local[valid] = inverse
+                out = model(torch.as_tensor(ids), torch.as_tensor(mask), local, gaps)
+            yield [row["user_id"] for row in features], out.user_embeddings.float().numpy()
 
 
-def write_user_embeddings(model, data, collator, output_file, batch_size: int = 256, use_cache: bool = True) -> Path:
+def write_user_embeddings(model, data, token_cache, output_file, batch_size: int = 256, use_cache: bool = True) -> Path:
     """Write `user_id` and `embedding` (list of float32) to Parquet under a temporary name, then rename."""
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def write_user_embeddings(model, data, collator, output_file, batch_size: int = 
     total = len(data.users)
     try:
         with tqdm(total=total, desc="embed", unit="user") as bar:
-            for user_ids, vectors in iter_user_embeddings(model, data, collator, batch_size, use_cache):
+            for user_ids, vectors in iter_user_embeddings(model, data, token_cache, batch_size, use_cache):
                 flat = pa.array(vectors.reshape(-1), type=pa.float32())
                 column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
                 batch = pa.table({"user_id": pa.array(user_ids, type=pa.string()), "embedding": column})
@@ -105,3 +107,17 @@ def write_user_embeddings(model, data, collator, output_file, batch_size: int = 
         raise ValueError("the dataset has no users to embed")
     os.replace(tmp, output_file)
     return output_file
+
+
+def run_embedding(args: EmbedArguments) -> Path:
+    """The CLI's `embed`: load the model, its tokenizer and the dataset, and write the Parquet file."""
+    from transformers import AutoTokenizer
+
+    from .data import BehaviorTokenCache
+    from .training_utils import load_behavior_data
+
+    model = PTUMModel.from_pretrained(args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.synthetic_seed)
+    cache = BehaviorTokenCache.build(data.behaviors, tokenizer, model.config.max_tokens_per_behavior)
+    return write_user_embeddings(model, data, cache, args.output_file, args.batch_size, use_cache=not args.no_cache)

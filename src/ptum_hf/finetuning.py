@@ -38,7 +38,7 @@ class FinetuneArguments:
     dataset: str = field(default="synthetic")
     data_dir: str | None = field(default=None)
     num_users: int = field(default=2000)
-    data_seed: int = field(default=0)
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic source."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the 80/10/10 user split (demographics)."})
     tokenizer_vocab_size: int = field(default=8000)
     early_stopping_patience: int = field(default=0, metadata={"help": "Evaluations without improvement (0: off)."})
@@ -65,7 +65,7 @@ def default_training_arguments(output_dir: str, task: str, **overrides) -> Train
         output_dir=output_dir, num_train_epochs=5, learning_rate=1e-3, per_device_train_batch_size=64,
         per_device_eval_batch_size=128, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
         load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=True, report_to="none",
-        remove_unused_columns=False, logging_steps=20, seed=0, data_seed=0, save_safetensors=True,
+        remove_unused_columns=False, logging_steps=20, seed=0, data_seed=0,
         dataloader_num_workers=0, disable_tqdm=True,
     )
     values.update(overrides)
@@ -146,7 +146,7 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=Non
     from .training_utils import load_behavior_data
 
     if data is None:
-        data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.data_seed)
+        data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.synthetic_seed)
     if tokenizer is None:
         tokenizer = load_tokenizer_for(args, data)
     label_heads = None
@@ -170,8 +170,16 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=Non
         compute_metrics=compute_metrics, callbacks=callbacks, processing_class=tokenizer,
     )
     trainer.train()
-    metrics = trainer.evaluate(test, metric_key_prefix="test")
-    return trainer, metrics
+    prediction = trainer.predict(test, metric_key_prefix="test")
+    if card_data is not None:
+        card_data.record_eval(prediction.metrics, dataset=args.dataset)
+        if args.task == "demographics":
+            from .metrics import demographic_error_rates
+
+            logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+            rates = demographic_error_rates(logits, prediction.label_ids, model.config.label_heads, data.label_classes)
+            card_data.record_group_error_rates(rates, dataset=f"{args.dataset} (test users)")
+    return trainer, prediction.metrics
 
 
 def run_finetuning(args: FinetuneArguments, training_args: TrainingArguments) -> dict:
@@ -181,7 +189,6 @@ def run_finetuning(args: FinetuneArguments, training_args: TrainingArguments) ->
 
     card_data = PTUMModelCardData(base_model=args.model_name_or_path if not args.from_scratch else None)
     trainer, metrics = finetune(args, training_args, card_data=card_data)
-    card_data.record_eval(metrics)
     model = trainer.model
     card = create_model_card(card_data, model=model)
     save_for_hub(model, Path(training_args.output_dir) / "model", tokenizer=trainer.processing_class, card=card)

@@ -7,13 +7,15 @@ Batch layout. Behaviors repeat across users and as candidates, so a batch carrie
 - `history_time_gaps` (B, N): seconds from each behavior to the view's reference time (bucketed as log2 here);
 - candidates: index tensors into the same table.
 
-Only torch, public transformers API and the config are imported, so a checkpoint saved with this file loads with
+Only torch, numpy (which torch and transformers need), public transformers API and the config are imported, so a checkpoint saved with this file loads with
 `trust_remote_code=True` where `ptum_hf` is not installed.
 """
 
+import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,6 +126,130 @@ def build_behavior_table(input_ids: torch.LongTensor, attention_mask: torch.Long
 # ----------------------------------------------------------------------------- building blocks
 
 
+class _MaskedScale(torch.autograd.Function):
+    """`x * keep * scale` with a boolean `keep`; saves only the mask (as `F.dropout` does)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.ops.aten.native_dropout_backward(x, keep, scale)  # one fused pass: x * keep * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None, None
+
+
+def _keep_mask(shape, p: float) -> tuple[torch.Tensor, float]:
+    """A boolean mask keeping each element with probability ~1 - p, and the matching scale.
+
+    `F.dropout` on CPU draws one Bernoulli per element from the (serial) Mersenne Twister: ~20-35 ns per element,
+    more than the matmuls around it. Here 16 random bits per element come from numpy's PCG64 (four elements per
+    64-bit draw, seeded from torch's generator, so `torch.manual_seed` still makes runs repeatable): p is rounded to
+    a multiple of 2**-16 (0.2 -> 0.199997) and the scale is 1 / (1 - that p)."""
+    count = math.prod(shape)
+    seed = int(torch.randint(0, 2**62, (1,)))
+    bits = np.random.PCG64(seed).random_raw((count + 3) // 4).view(np.int16)[:count]
+    threshold = round(p * 65536)
+    keep = torch.from_numpy(bits).view(shape) >= threshold - 32768
+    return keep, 65536.0 / (65536 - threshold)
+
+
+class PTUMDropout(nn.Dropout):
+    """`nn.Dropout` with a cheaper random mask on CPU (see `_keep_mask`); CUDA and other devices use `F.dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.numel() == 0:
+            return x
+        if x.device.type != "cpu" or self.p >= 1.0 or self.inplace:
+            return super().forward(x)
+        keep, scale = _keep_mask(x.shape, self.p)
+        return _MaskedScale.apply(x, keep, scale)
+
+
+class _Padded:
+    """The valid slots of a (B, N) mask, packed: position-wise layers run on the (T, C) valid rows only, and
+    `pad` puts them back into (B, N, C) for attention over each row. Padding never enters a valid slot's result, so
+    skipping it changes nothing but the cost."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        self.index = mask.reshape(-1).nonzero().squeeze(1)
+        # A row with no valid key would give NaN; let such rows attend everywhere (their outputs are never read).
+        self.key_mask = (mask | ~mask.any(-1, keepdim=True))[:, None, None, :]
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        return padded.reshape(-1, *padded.shape[2:]).index_select(0, self.index)
+
+    def pad(self, packed: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        batch, slots = self.mask.shape
+        out = packed.new_full((batch * slots, *packed.shape[1:]), fill)
+        return out.index_copy(0, self.index, packed).view(batch, slots, *packed.shape[1:])
+
+    def attend(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """Packed (T, 3 * H * d) projections -> packed (T, H * d) attention outputs within each row."""
+        batch, slots = self.mask.shape
+        q, k, v = self.pad(qkv).view(batch, slots, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.key_mask)
+        return self.pack(out.transpose(1, 2).reshape(batch, slots, -1))
+
+    def pool(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Softmax of packed (T,) scores within each row, then the weighted sum of padded (B, N, D) values."""
+        scores = self.pad(scores, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores.float(), dim=-1).to(values.dtype) * self.mask.to(values.dtype)
+        return torch.einsum("bn,bnd->bd", weights, values)
+
+
+class _LengthGroups:
+    """The valid tokens of a (M, L) token mask, packed row after row with the rows sorted by length, so that the rows
+    of one length are a contiguous block of tokens: attention and pooling run per block without any padding or mask,
+    and the linear layers on all T valid tokens at once.
+
+    `token_rows`, `token_positions` (T,): where each packed token comes from; `groups`: (length, rows) per block,
+    shortest first (length 0 included); `unsort(x)` puts per-row results back in the input's row order."""
+
+    def __init__(self, mask: torch.Tensor):
+        lengths = mask.sum(-1)
+        order = torch.argsort(lengths, stable=True)
+        rows, self.token_positions = mask.index_select(0, order).nonzero(as_tuple=True)
+        self.token_rows = order[rows]
+        counts = torch.bincount(lengths, minlength=1).tolist()
+        self.groups = [(length, rows) for length, rows in enumerate(counts) if rows]
+        self.order = order
+
+    def attend(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """Packed (T, 3 * H * d) projections -> packed (T, H * d) attention outputs within each row."""
+        outputs, start = [], 0
+        for length, rows in self.groups:
+            if not length:
+                continue
+            block = qkv[start : start + rows * length]
+            start += rows * length
+            q, k, v = block.view(rows, length, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v)
+            outputs.append(out.transpose(1, 2).reshape(rows * length, -1))
+        return torch.cat(outputs) if outputs else qkv.new_zeros(0, qkv.shape[-1] // 3)
+
+    def pool(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Softmax of packed (T,) scores within each row, then the weighted sum of packed (T, D) values: (M, D)."""
+        pooled, start = [], 0
+        for length, rows in self.groups:
+            if not length:  # rows without any valid token pool to zeros
+                pooled.append(values.new_zeros(rows, values.shape[-1]))
+                continue
+            end = start + rows * length
+            weights = torch.softmax(scores[start:end].view(rows, length).float(), dim=-1).to(values.dtype)
+            pooled.append(torch.bmm(weights.unsqueeze(1), values[start:end].view(rows, length, -1)).squeeze(1))
+            start = end
+        return self.unsort(torch.cat(pooled))
+
+    def unsort(self, sorted_rows: torch.Tensor) -> torch.Tensor:
+        inverse = torch.empty_like(self.order)
+        inverse[self.order] = torch.arange(len(self.order), device=self.order.device)
+        return sorted_rows.index_select(0, inverse)
+
+
 class PTUMAdditiveAttention(nn.Module):
     """Additive attention pooling: score_i = q . tanh(W x_i + b); returns sum_i softmax(score)_i x_i.
 
@@ -135,8 +261,11 @@ class PTUMAdditiveAttention(nn.Module):
         self.proj = nn.Linear(dim, query_dim)
         self.query = nn.Linear(query_dim, 1, bias=False)
 
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.query(torch.tanh(self.proj(x))).squeeze(-1)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        scores = self.query(torch.tanh(self.proj(x))).squeeze(-1)
+        scores = self.scores(x)
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores.float(), dim=-1).to(x.dtype) * mask.to(x.dtype)
         return torch.einsum("...n,...nd->...d", weights, x)
@@ -160,6 +289,10 @@ class PTUMSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
         return out.transpose(1, 2).reshape(batch, length, -1)
 
+    def packed(self, x: torch.Tensor, packing) -> torch.Tensor:
+        """The same on packed valid positions: `x` (T, D_in) -> (T, H * d); `packing` groups them into rows."""
+        return packing.attend(self.qkv(x), self.num_heads)
+
 
 class PTUMTransformerLayer(nn.Module):
     """Post-norm transformer layer: self-attention and feed-forward, each with residual and LayerNorm."""
@@ -174,10 +307,15 @@ class PTUMTransformerLayer(nn.Module):
             nn.Linear(dim, config.intermediate_size), nn.GELU(), nn.Linear(config.intermediate_size, dim)
         )
         self.output_norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = PTUMDropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.attention_norm(x + self.dropout(self.output(self.attention(x, mask))))
+        return self.output_norm(x + self.dropout(self.feed_forward(x)))
+
+    def packed(self, x: torch.Tensor, packing) -> torch.Tensor:
+        """`forward` on packed valid positions `x` (T, D): every sublayer but attention is position-wise."""
+        x = self.attention_norm(x + self.dropout(self.output(self.attention.packed(x, packing))))
         return self.output_norm(x + self.dropout(self.feed_forward(x)))
 
 
@@ -202,6 +340,9 @@ class PTUMBehaviorEncoder(nn.Module):
     `attention` is the paper's encoder (word + position embeddings, multi-head self-attention, additive attention);
     `cnn` (HURA, NativeCTR), `lstm` (HAN's attentional bi-LSTM), `gru` (GRU4Rec) and `transformer` (BERT4Rec) share
     the word embeddings and differ in the contextual layer.
+
+    `attention` and `transformer` run on the valid tokens only (`_LengthGroups`): no padding is embedded, projected
+    or attended to, whatever the longest behavior of the batch is.
     """
 
     def __init__(self, config: PTUMConfig):
@@ -210,7 +351,7 @@ class PTUMBehaviorEncoder(nn.Module):
         self.kind = kind
         self.word_embeddings = nn.Embedding(config.vocab_size, emb, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_tokens_per_behavior, emb)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = PTUMDropout(config.dropout)
         self.input_proj = nn.Identity()
         if kind == "attention":
             self.context = PTUMSelfAttention(emb, config.num_attention_heads, dim)
@@ -228,24 +369,29 @@ class PTUMBehaviorEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.bool()
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word_embeddings(input_ids)
-        if self.kind in ("attention", "transformer"):  # recurrent and convolutional layers see order themselves
-            x = x + self.position_embeddings(positions)
-        x = self.dropout(x)
-        if self.kind == "attention":
-            x = self.context(x, mask)
-        elif self.kind == "cnn":
+        if self.kind in ("attention", "transformer"):
+            return self._forward_packed(input_ids, mask)
+        x = self.dropout(self.word_embeddings(input_ids))  # recurrent and convolutional layers see order themselves
+        if self.kind == "cnn":
             x = torch.relu(self.context(x.masked_fill(~mask[..., None], 0.0).transpose(1, 2))).transpose(1, 2)
         elif self.kind == "lstm":
             x, _ = _packed_rnn(self.context, x, mask)
-        elif self.kind == "gru":
+        else:  # gru
             return self.dropout(_packed_rnn(self.context, x, mask)[1]) * mask.any(-1, keepdim=True)
+        return self.pooling(self.dropout(x), mask)
+
+    def _forward_packed(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        groups = _LengthGroups(mask)
+        x = self.word_embeddings(input_ids[groups.token_rows, groups.token_positions])
+        x = self.dropout(x + self.position_embeddings(groups.token_positions))
+        if self.kind == "attention":
+            x = self.context.packed(x, groups)
         else:
             x = self.input_proj(x)
             for layer in self.context:
-                x = layer(x, mask)
-        return self.pooling(self.dropout(x), mask)
+                x = layer.packed(x, groups)
+        x = self.dropout(x)
+        return groups.pool(self.pooling.scores(x), x)
 
 
 class PTUMPretrainedTextEncoder(nn.Module):
@@ -284,7 +430,8 @@ def build_behavior_encoder(config: PTUMConfig) -> nn.Module:
 class PTUMUserEncoder(nn.Module):
     """Behavior vectors + position and log2 time-gap embeddings -> per-behavior states and one user vector.
 
-    `x` (B, N, D), `mask` (B, N), `time_gaps` (B, N) seconds -> ((B, N, D), (B, D)).
+    `x` (B, N, D), `mask` (B, N), `time_gaps` (B, N) seconds -> ((B, N, D), (B, D)). The `transformer` and
+    `attention` kinds run their position-wise layers on the valid slots only (`_Padded`).
     """
 
     def __init__(self, config: PTUMConfig):
@@ -294,7 +441,7 @@ class PTUMUserEncoder(nn.Module):
         self.num_time_buckets = config.num_time_buckets
         self.position_embeddings = nn.Embedding(config.max_behaviors + 1, dim)
         self.time_embeddings = nn.Embedding(config.num_time_buckets, dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = PTUMDropout(config.dropout)
         if kind == "transformer":
             self.layers = nn.ModuleList(PTUMTransformerLayer(config) for _ in range(config.user_num_layers))
         elif kind == "gru":
@@ -313,19 +460,23 @@ class PTUMUserEncoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, time_gaps: torch.Tensor | None = None):
         # Positions count valid slots from the oldest kept behavior (1-based, 0 = padding): padding-invariant.
         positions = mask.long().cumsum(-1).clamp(max=self.position_embeddings.num_embeddings - 1) * mask
-        x = x + self.position_embeddings(positions)
-        if time_gaps is not None:
-            x = x + self.time_embeddings(self.time_buckets(time_gaps))
-        x = self.dropout(x) * mask[..., None]
-        if self.kind == "transformer":
-            for layer in self.layers:
-                x = layer(x, mask)
-        elif self.kind in ("gru", "lstm"):
-            x, last = _packed_rnn(self.rnn, x, mask)
+        if self.kind in ("gru", "lstm"):
+            x = x + self.position_embeddings(positions)
+            if time_gaps is not None:
+                x = x + self.time_embeddings(self.time_buckets(time_gaps))
+            x, last = _packed_rnn(self.rnn, self.dropout(x) * mask[..., None], mask)
             states = x * mask[..., None]
             return states, last * mask.any(-1, keepdim=True)
-        states = x * mask[..., None]
-        return states, self.pooling(states, mask)
+        padded = _Padded(mask)
+        x = padded.pack(x) + self.position_embeddings(padded.pack(positions))
+        if time_gaps is not None:
+            x = x + self.time_embeddings(self.time_buckets(padded.pack(time_gaps)))
+        x = self.dropout(x)
+        if self.kind == "transformer":
+            for layer in self.layers:
+                x = layer.packed(x, padded)
+        states = padded.pad(x)
+        return states, padded.pool(self.pooling.scores(x), states)
 
 
 # ----------------------------------------------------------------------------- models
@@ -552,6 +703,25 @@ class PTUMModel(PTUMPreTrainedModel):
         x = self.gather_behaviors(behavior_embeddings, history_indices)
         return self.user_encoder(x, mask, history_time_gaps)
 
+    def encode_user_views(self, behavior_embeddings: torch.Tensor, views: list) -> list[torch.Tensor]:
+        """User vectors of several histories over one behavior table, in one pass of the user encoder.
+
+        `views`: (history_indices (B_i, N_i), history_time_gaps (B_i, N_i) or None) pairs -> [(B_i, D)]. The rows are
+        stacked (right-padded to the widest view); every row is encoded on its own, so this equals one
+        `encode_users` call per view."""
+        if not views:
+            return []
+        with_gaps = [gaps is not None for _, gaps in views]
+        if len(views) == 1 or (any(with_gaps) and not all(with_gaps)):
+            return [self.encode_users(behavior_embeddings, indices, gaps)[1] for indices, gaps in views]
+        width = max(indices.shape[1] for indices, _ in views)
+        indices = torch.cat([F.pad(i, (0, width - i.shape[1]), value=PAD_INDEX) for i, _ in views])
+        gaps = None
+        if all(with_gaps):
+            gaps = torch.cat([F.pad(g.double(), (0, width - g.shape[1]), value=0.0) for _, g in views])
+        _, users = self.encode_users(behavior_embeddings, indices, gaps)
+        return list(users.split([i.shape[0] for i, _ in views]))
+
     def forward(
         self,
         behavior_input_ids: torch.LongTensor | None = None,
@@ -678,21 +848,26 @@ class PTUMForPretraining(PTUMPreTrainedModel):
         num = behavior_embeddings.shape[0]
         out = PTUMForPretrainingOutput()
         losses = []
-        # The behavior table is encoded once and shared by both views and all candidates.
+        # The behavior table is encoded once and shared by both views and all candidates; both views go through the
+        # user encoder together (one pass over 2B rows: larger matmuls, half the per-call overhead).
+        views = {}
         if self.config.use_mbp and mbp_history_indices is not None:
             _check_indices(mbp_history_indices, num, "mbp_history_indices")
             _check_indices(mbp_candidate_indices, num, "mbp_candidate_indices")
-            _, user = self.ptum.encode_users(behavior_embeddings, mbp_history_indices, mbp_history_time_gaps)
-            candidates = self.ptum.gather_behaviors(behavior_embeddings, mbp_candidate_indices)
-            out.mbp_logits, out.mbp_loss, out.mbp_accuracy = _candidate_loss(user, candidates, mbp_labels)
-            if out.mbp_loss is not None:
-                losses.append(out.mbp_loss)
+            views["mbp"] = (mbp_history_indices, mbp_history_time_gaps)
         if self.config.use_nbp and nbp_history_indices is not None:
             _check_indices(nbp_history_indices, num, "nbp_history_indices")
             _check_indices(nbp_candidate_indices, num, "nbp_candidate_indices")
-            _, user = self.ptum.encode_users(behavior_embeddings, nbp_history_indices, nbp_history_time_gaps)
+            views["nbp"] = (nbp_history_indices, nbp_history_time_gaps)
+        users = dict(zip(views, self.ptum.encode_user_views(behavior_embeddings, list(views.values()))))
+        if "mbp" in users:
+            candidates = self.ptum.gather_behaviors(behavior_embeddings, mbp_candidate_indices)
+            out.mbp_logits, out.mbp_loss, out.mbp_accuracy = _candidate_loss(users["mbp"], candidates, mbp_labels)
+            if out.mbp_loss is not None:
+                losses.append(out.mbp_loss)
+        if "nbp" in users:
             candidates = self.ptum.gather_behaviors(behavior_embeddings, nbp_candidate_indices)
-            out.nbp_logits, out.nbp_loss, out.nbp_accuracy = _candidate_loss(user, candidates, nbp_labels)
+            out.nbp_logits, out.nbp_loss, out.nbp_accuracy = _candidate_loss(users["nbp"], candidates, nbp_labels)
             if out.nbp_loss is not None:
                 losses.append(self.config.nbp_weight * out.nbp_loss)
         if losses:

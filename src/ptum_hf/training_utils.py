@@ -141,14 +141,14 @@ def split_users_three_way(users, seed: int, fractions=(0.8, 0.1, 0.1)):
     return tuple(users.select(np.sort(part)) for part in parts)
 
 
-def load_behavior_data(dataset: str, data_dir=None, num_users: int = 2000, data_seed: int = 0):
+def load_behavior_data(dataset: str, data_dir=None, num_users: int = 2000, synthetic_seed: int = 0):
     """A built-in source by name, or a behavior log path/glob read with `read_behavior_log`."""
     from .data import load_behavior_dataset, read_behavior_log
     from .data.sources import ALIASES, SOURCES
 
     key = ALIASES.get(dataset.lower(), dataset.lower())
     if key == "synthetic":
-        return load_behavior_dataset("synthetic", num_users=num_users, seed=data_seed)
+        return load_behavior_dataset("synthetic", num_users=num_users, seed=synthetic_seed)
     if key in SOURCES:
         return load_behavior_dataset(key, **({"path": data_dir} if data_dir else {}))
     return read_behavior_log(dataset)
@@ -166,7 +166,7 @@ def load_tokenizer(tokenizer_name, data, vocab_size: int = 8000):
 
 
 def load_data_and_tokenizer(args):
-    data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.data_seed)
+    data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.synthetic_seed)
     return data, load_tokenizer(args.tokenizer_name, data, args.tokenizer_vocab_size)
 
 

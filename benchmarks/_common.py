@@ -1,0 +1,172 @@
+"""Shared pieces of the benchmarks: the reference's corpus as a ptum-hf dataset (and back), the ptum-hf training
+step, measurements (FLOPs, matmul peak, RSS) and RESULTS.md sections.
+
+The reference implementation (../shared/reference) is imported, never copied: it is the performance baseline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = ROOT / ".." / "shared" / "reference"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def reference():
+    """(bench, reference) modules of ../shared/reference."""
+    path = str(REFERENCE_DIR.resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import bench  # noqa: E402
+    import reference as R  # noqa: E402
+
+    return bench, R
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level fast tokenizer: [PAD]=0, [UNK]=1, then `words` in order (the reference's word_dict layout:
+    PADDING=0, UNK=1, then the vocabulary), so both implementations see the same token ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]")
+
+
+def records_to_dataset(records):
+    """The reference corpus (user id, token lists, times) -> a ptum-hf `BehaviorDataset` (a title's text is its
+    words joined by spaces; identical titles become one behavior)."""
+    import pandas as pd
+    from ptum_hf.data.dataset import BehaviorDataset, users_dataset
+    from ptum_hf.data.report import IngestReport
+
+    user_ids, texts, times, lengths = [], [], [], []
+    for user, titles, stamps in records:
+        order = sorted(range(len(titles)), key=lambda i: stamps[i])[:200]  # as build_userbehavior
+        user_ids.append(user)
+        texts.extend(" ".join(titles[i]) for i in order)
+        times.extend(int(stamps[i]) for i in order)
+        lengths.append(len(order))
+    codes, vocabulary = pd.factorize(np.asarray(texts, dtype=object))
+    offsets = np.r_[0, np.cumsum(lengths)]
+    users = users_dataset(user_ids, offsets, codes.astype(np.int64), np.asarray(times, np.int64))
+    report = IngestReport(files=["<reference synth_records>"], rows_read=len(texts), events_read=len(texts),
+                          events_kept=len(texts), users_read=len(user_ids), users_kept=len(user_ids))
+    return BehaviorDataset(users=users, behaviors=[str(t) for t in vocabulary], report=report)
+
+
+def dataset_to_records(data, tokenizer, token_cache):
+    """A ptum-hf dataset -> the reference's inputs: records with each behavior as its token strings (from the
+    same tokenizer), and a word_dict mapping every token to its id (PADDING/UNK = the tokenizer's 0/1)."""
+    seq = data.sequences()
+    vocab = tokenizer.get_vocab()
+    id_to_token = [None] * len(vocab)
+    for token, index in vocab.items():
+        id_to_token[index] = token
+    tokens = [[id_to_token[t] for t in token_cache.token_ids[token_cache.offsets[b]:token_cache.offsets[b + 1]]]
+              for b in range(len(token_cache))]
+    user_ids = data.users["user_id"]
+    records = []
+    for u in range(len(seq)):
+        ids, stamps = seq.user(u)
+        records.append((user_ids[u], [tokens[i] for i in ids.tolist()], stamps.tolist()))
+    word_dict = {"PADDING": [0, 999999], "UNK": [1, 999999]}
+    for index, token in enumerate(id_to_token):
+        if index >= 2:
+            word_dict[token] = [index, 999]
+    return records, word_dict
+
+
+def load_corpus(name: str, users: int, seed: int = 0):
+    """(ptum-hf dataset, tokenizer, reference records, reference word_dict) of one corpus:
+    `reference` (bench.synth_records), `movielens` (../shared/data/ml-100k) or `synthetic` (ptum-hf's catalogue)."""
+    from ptum_hf.data import BehaviorTokenCache, load_behavior_dataset, train_behavior_tokenizer
+
+    if name == "reference":
+        bench, _ = reference()
+        records, word_dict = bench.synth_records(users, seed)
+        data = records_to_dataset(records)
+        words = sorted((w for w in word_dict if w not in ("PADDING", "UNK")), key=lambda w: word_dict[w][0])
+        tokenizer = word_tokenizer(words)
+        return data, tokenizer, records, word_dict
+    if name == "movielens":
+        data = load_behavior_dataset("movielens-100k")
+    elif name == "synthetic":
+        data = load_behavior_dataset("synthetic", num_users=users, seed=seed)
+    else:
+        raise ValueError(name)
+    tokenizer = train_behavior_tokenizer(data.behaviors, vocab_size=8000)
+    cache = BehaviorTokenCache.build(data.behaviors, tokenizer, 30)
+    records, word_dict = dataset_to_records(data, tokenizer, cache)
+    return data, tokenizer, records, word_dict
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def matmul_peaks() -> dict:
+    bench, _ = reference()
+    cpu = torch.device("cpu")
+    return {"peak_gflops_fp32": round(bench.matmul_peak(torch.float32, cpu), 1),
+            "peak_gflops_bf16": round(bench.matmul_peak(torch.bfloat16, cpu), 1)}
+
+
+def machine() -> dict:
+    model = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "mem_gib": round(os.sysconf("SC_PAGE_SIZE")
+                                                                    * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def run_child(argv: list[str], timeout: float | None = None) -> dict:
+    """Run `python argv...` and return the last JSON line it printed."""
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if out.returncode:
+        sys.stderr.write(out.stdout[-4000:] + out.stderr[-4000:])
+        raise RuntimeError(f"child {' '.join(argv)} failed with {out.returncode}")
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1])
+
+
+def write_section(name: str, title: str, body: str):
+    """Replace (or append) the section `name` of RESULTS.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = RESULTS.read_text() if RESULTS.exists() else "# ptum-hf benchmarks\n\n"
+    block = f"{start}\n## {title}\n\n{body.rstrip()}\n\n_Measured {datetime.datetime.now():%Y-%m-%d %H:%M}._\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)

@@ -1,0 +1,115 @@
+"""The user's main job end to end on tiny settings: pre-train (CLI), fine-tune three ways, CTR, embed."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ptum_hf import PTUMModel
+from ptum_hf.cli import main as cli
+from ptum_hf.finetuning import FinetuneArguments, default_training_arguments, finetune
+from ptum_hf.training_utils import load_behavior_data
+
+TINY = {"word_embedding_dim": 16, "hidden_size": 16, "num_attention_heads": 2, "additive_attention_dim": 8,
+        "intermediate_size": 32, "max_behaviors": 20}
+USERS = 160
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    settings = {
+        "output_dir": str(out), "num_users": USERS, "max_steps": 6, "save_steps": 3, "eval_steps": 3,
+        "logging_steps": 2, "per_device_batch_size": 16, "tokenizer_vocab_size": 400, "report_to": "csv",
+        "config_overrides": json.dumps(TINY),
+    }
+    config_file = out / "run.json"
+    config_file.write_text(json.dumps(settings))
+    cli(["pretrain", str(config_file)])  # arguments from a JSON file, as a user would keep them
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_behavior_data("synthetic", num_users=USERS)
+
+
+def test_pretraining_writes_model_tokenizer_card_logs_and_checkpoints(pretrained):
+    model_dir = pretrained / "model"
+    names = {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "modeling_ptum.py"} <= names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    card = (model_dir / "README.md").read_text()
+    assert "model-index" in card and "Masked Behavior Prediction" in card
+    assert "Pre-training (MBP / NBP on held-out users)\n\nNot recorded" not in card
+    logged = pd.read_csv(pretrained / "logs" / "metrics.csv")
+    assert {"loss", "mbp_loss", "nbp_loss", "eval_mbp_accuracy"} <= set(logged["key"])
+    assert sorted(p.name for p in (pretrained / "checkpoints").iterdir()) == ["step_3", "step_6"]
+    metrics = json.loads((model_dir / "pretraining_metrics.json").read_text())
+    assert metrics["step"] == 6 and 0.0 <= metrics["eval_mbp_accuracy"] <= 1.0
+    assert PTUMModel.from_pretrained(model_dir).config.hidden_size == 16
+
+
+@pytest.mark.parametrize("variant", ["scratch", "frozen", "finetune"])
+def test_demographics_three_ways(pretrained, data, tmp_path, variant):
+    model_dir = pretrained / "model"
+    args = FinetuneArguments(model_name_or_path=str(model_dir), label_fraction=0.5,
+                             from_scratch=variant == "scratch", freeze_user_model=variant == "frozen")
+    training_args = default_training_arguments(str(tmp_path), "demographics", num_train_epochs=1,
+                                                per_device_train_batch_size=16)
+    trainer, metrics = finetune(args, training_args, data=data)
+    for key in ("test_age_accuracy", "test_age_macro_f1", "test_gender_accuracy", "test_gender_macro_f1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    pretrained_weights = load_file(model_dir / "model.safetensors")
+    user_model = {k: v for k, v in trainer.model.state_dict().items() if k.startswith("ptum.")}
+    same = all(torch.equal(v, pretrained_weights[k]) for k, v in user_model.items())
+    assert same == (variant == "frozen")  # frozen keeps the user model; the others train (or re-draw) it
+
+
+def test_label_fraction_takes_a_nested_share_of_training_users(data):
+    from ptum_hf.finetuning import demographics_splits
+
+    small = demographics_splits(data, FinetuneArguments(label_fraction=0.2))[0]
+    large = demographics_splits(data, FinetuneArguments(label_fraction=0.5))[0]
+    full, validation, test = demographics_splits(data, FinetuneArguments(label_fraction=1.0))
+    assert len(small) == round(0.2 * len(full)) and len(large) == round(0.5 * len(full))
+    assert set(small["user_id"]) <= set(large["user_id"]) <= set(full["user_id"])
+    assert not set(full["user_id"]) & set(test["user_id"]) and not set(validation["user_id"]) & set(test["user_id"])
+
+
+def test_ctr_finetuning(pretrained, data, tmp_path):
+    args = FinetuneArguments(task="ctr", model_name_or_path=str(pretrained / "model"))
+    training_args = default_training_arguments(str(tmp_path), "ctr", num_train_epochs=1,
+                                               per_device_train_batch_size=32)
+    _, metrics = finetune(args, training_args, data=data)
+    assert 0.0 <= metrics["test_auc"] <= 1.0 and 0.0 <= metrics["test_ap"] <= 1.0
+
+
+def test_embed_with_and_without_cache_agree(pretrained, tmp_path):
+    common = ["--model_name_or_path", str(pretrained / "model"), "--num_users", str(USERS), "--batch_size", "64"]
+    cli(["embed", *common, "--output_file", str(tmp_path / "cached.parquet")])
+    cli(["embed", *common, "--output_file", str(tmp_path / "plain.parquet"), "--no_cache", "true"])
+    cached, plain = pd.read_parquet(tmp_path / "cached.parquet"), pd.read_parquet(tmp_path / "plain.parquet")
+    assert len(cached) == USERS and list(cached["user_id"]) == list(plain["user_id"])
+    np.testing.assert_allclose(np.stack(cached["embedding"]), np.stack(plain["embedding"]), atol=1e-5)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_finetune_cli_saves_model_with_card_and_group_error_rates(pretrained, tmp_path):
+    cli(["finetune", "demographics", "--model_name_or_path", str(pretrained / "model"), "--num_users", str(USERS),
+         "--output_dir", str(tmp_path), "--num_train_epochs", "1"])
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "age_accuracy" in card and "**Not measured.**" not in card
+    assert type(PTUMModel.from_pretrained(tmp_path / "model")) is PTUMModel
+
+
+def test_bad_arguments_are_refused_clearly():
+    with pytest.raises(ValueError, match="preset must be one of"):
+        cli(["pretrain", "--preset", "sasrec"])
+    with pytest.raises(ValueError, match="config_overrides is not valid JSON"):
+        cli(["pretrain", "--config_overrides", "{nope"])
+    with pytest.raises(ValueError, match="label_fraction must be in"):
+        FinetuneArguments(label_fraction=0.0)
