@@ -58,8 +58,11 @@ def cmd_finetune(argv):
     # Start from the PTUM defaults (evaluate each epoch, keep the best, keep the collators' columns) and apply
     # only what the user set.
     overrides = {name: getattr(parsed, name) for name in given if hasattr(parsed, name) and name != "output_dir"}
+    # The Trainer's own push would send weights without the modeling code: push through ptum_hf.hub instead.
+    push = overrides.pop("push_to_hub", False)
+    repo_id = overrides.pop("hub_model_id", None)
     training_args = default_training_arguments(parsed.output_dir, task, **overrides)
-    metrics = run_finetuning(args, training_args)
+    metrics = run_finetuning(args, training_args, push_to=(repo_id or f"ptum-{task}") if push else None)
     print(json.dumps(metrics, indent=2))
 
 

@@ -182,9 +182,10 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=Non
     return trainer, prediction.metrics
 
 
-def run_finetuning(args: FinetuneArguments, training_args: TrainingArguments) -> dict:
-    """The CLI's fine-tuning: train, evaluate on test, save the best model with its tokenizer and card."""
-    from .hub import save_for_hub
+def run_finetuning(args: FinetuneArguments, training_args: TrainingArguments, push_to: str | None = None) -> dict:
+    """The CLI's fine-tuning: train, evaluate on test, save the best model with its tokenizer and card (and push it
+    to the Hub repository `push_to`, with its modeling code)."""
+    from .hub import push_to_hub, save_for_hub
     from .modelcard import PTUMModelCardData, create_model_card
 
     card_data = PTUMModelCardData(base_model=args.model_name_or_path if not args.from_scratch else None)
@@ -192,4 +193,6 @@ def run_finetuning(args: FinetuneArguments, training_args: TrainingArguments) ->
     model = trainer.model
     card = create_model_card(card_data, model=model)
     save_for_hub(model, Path(training_args.output_dir) / "model", tokenizer=trainer.processing_class, card=card)
+    if push_to:
+        push_to_hub(model, push_to, tokenizer=trainer.processing_class, card=card)
     return metrics
