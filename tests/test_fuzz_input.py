@@ -10,7 +10,7 @@ import csv
 import gzip
 import io
 import json
-import math
+import os
 from collections import Counter
 
 import numpy as np
@@ -32,7 +32,9 @@ from ptum_hf.data import (
     train_behavior_tokenizer,
 )
 
-MAX_EXAMPLES = 150
+# A fixed number of cases from a fixed seed (reproducible in CI); PTUM_FUZZ_EXAMPLES=5000 PTUM_FUZZ_RANDOM=1 to explore.
+MAX_EXAMPLES = int(os.environ.get("PTUM_FUZZ_EXAMPLES", "150"))
+DERANDOMIZE = not os.environ.get("PTUM_FUZZ_RANDOM")
 MAX_TOKENS = 6
 COUNTS = Counter()  # outcomes of the cases run, printed by the test
 
@@ -200,7 +202,7 @@ def check_batch(batch, features, max_behaviors: int, num_next: int, num_negative
     assert ((nbp_labels != IGNORE_INDEX).sum(1) <= np.clip(n - 1, 0, K)).all()
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 @given(

@@ -113,3 +113,17 @@ def test_bad_arguments_are_refused_clearly():
         cli(["pretrain", "--config_overrides", "{nope"])
     with pytest.raises(ValueError, match="label_fraction must be in"):
         FinetuneArguments(label_fraction=0.0)
+
+
+def test_push_cli_sends_model_tokenizer_card_and_code(pretrained, monkeypatch):
+    from ptum_hf import hub
+    from test_hub import RecordedHfApi
+
+    api = RecordedHfApi()
+    monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
+    cli(["push", str(pretrained / "model"), "--repo_id", "my-org/ptum-tiny"])
+    assert [c[:2] for c in api.calls] == [("create_repo", "my-org/ptum-tiny"), ("upload_folder", "my-org/ptum-tiny")]
+    sent = set(api.uploaded)
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "modeling_ptum.py",
+            "configuration_ptum.py"} <= sent
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in sent)
