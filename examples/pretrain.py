@@ -2,7 +2,7 @@
 
     python examples/pretrain.py --dataset synthetic --num_users 2000 --output_dir outputs/pretrain
     python examples/pretrain.py my_run.json              # arguments from a JSON or YAML file
-    accelerate launch --num_processes 2 --cpu examples/pretrain.py --dataset synthetic ...
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py --dataset synthetic ...
 """
 
 import sys

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, enable_full_determinism, set_seed
 
 from .configuration_ptum import PRESETS, PTUMConfig
 from .modeling_ptum import PTUMForCTR, PTUMForDemographicClassification
@@ -155,6 +155,8 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=Non
         if missing:
             raise ValueError(f"label column(s) {missing} not in the dataset; it has {list(data.label_heads)}")
         label_heads = {name: data.label_heads[name] for name in args.head_names}
+    # Seed before the head (or a from-scratch model) is drawn, not only when the Trainer starts.
+    (enable_full_determinism if training_args.full_determinism else set_seed)(training_args.seed)
     model = build_model(args, tokenizer, label_heads)
     train, validation, test = (demographics_splits if args.task == "demographics" else ctr_splits)(data, args)
     collator = build_collator(args, data, tokenizer, model.config, token_cache)

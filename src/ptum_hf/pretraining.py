@@ -4,7 +4,12 @@ Shape of Accelerate's `examples/nlp_example.py`: seed, build data and model, one
 `save_state` / `load_state`. It runs unchanged under `accelerate launch` (DDP, FSDP, DeepSpeed).
 
     ptum-hf pretrain --dataset synthetic --num_users 2000 --output_dir outputs/pretrain
-    accelerate launch --num_processes 2 --cpu -m ptum_hf.cli pretrain --dataset synthetic ...
+    accelerate launch --num_processes 2 -m ptum_hf.cli pretrain --dataset synthetic ...      # 2 GPUs
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m ptum_hf.cli pretrain ...  # 2 CPU processes
+
+(`accelerate launch --num_processes 2 --cpu` starts a single process: Accelerate's multi-CPU launch needs torchrun, as
+above, or mpirun.) A run killed at any point resumes exactly with `--resume_from_checkpoint latest`; `--ddp_timeout`
+bounds how long a process waits for one that died or hangs.
 """
 
 import json
