@@ -216,16 +216,17 @@ class _LengthGroups:
         self.token_rows = order[rows]
         counts = torch.bincount(lengths, minlength=1).tolist()
         self.groups = [(length, rows) for length, rows in enumerate(counts) if rows]
+        self.token_counts = [length * rows for length, rows in self.groups]
         self.order = order
 
     def attend(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
         """Packed (T, 3 * H * d) projections -> packed (T, H * d) attention outputs within each row."""
-        outputs, start = [], 0
-        for length, rows in self.groups:
+        # split, not slices: the gradient of a split is one concatenation, that of each slice a full-size tensor.
+        blocks = qkv.split(self.token_counts)
+        outputs = []
+        for (length, rows), block in zip(self.groups, blocks):
             if not length:
                 continue
-            block = qkv[start : start + rows * length]
-            start += rows * length
             q, k, v = block.view(rows, length, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
             out = F.scaled_dot_product_attention(q, k, v)
             outputs.append(out.transpose(1, 2).reshape(rows * length, -1))
@@ -233,15 +234,14 @@ class _LengthGroups:
 
     def pool(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Softmax of packed (T,) scores within each row, then the weighted sum of packed (T, D) values: (M, D)."""
-        pooled, start = [], 0
-        for length, rows in self.groups:
+        pooled = []
+        blocks = zip(self.groups, scores.split(self.token_counts), values.split(self.token_counts))
+        for (length, rows), block_scores, block_values in blocks:
             if not length:  # rows without any valid token pool to zeros
                 pooled.append(values.new_zeros(rows, values.shape[-1]))
                 continue
-            end = start + rows * length
-            weights = torch.softmax(scores[start:end].view(rows, length).float(), dim=-1).to(values.dtype)
-            pooled.append(torch.bmm(weights.unsqueeze(1), values[start:end].view(rows, length, -1)).squeeze(1))
-            start = end
+            weights = torch.softmax(block_scores.view(rows, length).float(), dim=-1).to(values.dtype)
+            pooled.append(torch.bmm(weights.unsqueeze(1), block_values.view(rows, length, -1)).squeeze(1))
         return self.unsort(torch.cat(pooled))
 
     def unsort(self, sorted_rows: torch.Tensor) -> torch.Tensor:

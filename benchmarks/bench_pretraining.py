@@ -1,0 +1,329 @@
+"""Pre-training throughput of ptum-hf against the reference (the authors' algorithm, ../shared/reference), timed in
+the same command on the same data, batch size and model shapes (300-d words, 16 x 16 heads, additive attention 200,
+at most 100 behaviors, P=4, K=2).
+
+    python benchmarks/bench_pretraining.py                                  # reference corpus, fp32 and bf16
+    python benchmarks/bench_pretraining.py --data movielens --steps 20      # MovieLens-100K
+    python benchmarks/bench_pretraining.py --data synthetic --users 5000    # ptum-hf's synthetic catalogue
+
+Each implementation runs in its own child process (so peak RSS is its own), alternately (reference, ptum-hf,
+ptum-hf, reference, ... for --rounds), and each child measures the 2048^2 matmul peak of the machine itself. Ratios
+are taken between children of the same round. Prints one JSON line per dtype and writes a section of
+benchmarks/RESULTS.md.
+
+Measured per implementation: users/s and behaviors/s (history slots fed to the model, <= 100 per user), model FLOPs
+per user (torch.utils.flop_counter, forward + backward, matmuls and attention), achieved GFLOP/s and MFU against the
+matmul peak of the same dtype, peak RSS, and the share of step time spent waiting for the next batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+BATCH_USERS = 32  # the reference's batch: 32 users = 32 MBP + 32 NBP samples
+
+
+# ----------------------------------------------------------------------------- children
+
+
+def child_reference(a) -> dict:
+    """The reference's own training loop (bench.py's measurement, on any corpus)."""
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench, R = C.reference()
+    torch.set_num_threads(a.threads)
+    random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)
+    amp = torch.bfloat16 if a.dtype == "bfloat16" else None
+    _, _, records, word_dict = C.load_corpus(a.data, a.users, a.seed)
+    userbehavior = R.build_userbehavior(records)
+    del records
+    keys = list(userbehavior.keys())
+    nraw = {u: len(v) for u, v in userbehavior.items()}
+    model = R.PTUM(len(word_dict))
+    opt = R.make_optimizer(model)
+    model.train()
+    gen = bench.epochs(userbehavior, keys, word_dict)
+    t_data, t_step, n_beh = [], [], 0
+    for s in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        batch = next(gen)
+        t1 = time.perf_counter()
+        loss = R.train_step(model, opt, batch, amp)
+        float(loss)
+        t2 = time.perf_counter()
+        if s >= a.warmup:
+            t_data.append(t1 - t0)
+            t_step.append(t2 - t0)
+            n_beh += int((batch[0][2][:BATCH_USERS] > 0).sum())
+    x, y, w = R.to_torch(next(gen))
+    with FlopCounterMode(display=False) as fc:
+        R.forward_loss(model, x, y, w, amp).backward()
+    opt.zero_grad(set_to_none=True)
+    return summarize(a, "reference", t_data, t_step, n_beh, fc.get_total_flops(),
+                     {"mean_raw_behaviors": round(float(np.mean(list(nraw.values()))), 1)})
+
+
+def child_ours(a) -> dict:
+    """ptum-hf's pre-training step, as `ptum_hf.pretraining.pretrain` runs it: DataLoader over `UserRows` with the
+    seeded pre-training collator, PTUMForPretraining (hsa preset = the paper's HSA shapes), AdamW, grad clipping."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ptum_hf import PTUMConfig, PTUMForPretraining
+    from ptum_hf.training_utils import SeededCollator, UserRows, pretraining_collator
+
+    register_cpu_attention_flops()
+    torch.set_num_threads(a.threads)
+    random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)
+    data, tokenizer, _, _ = C.load_corpus(a.data, a.users, a.seed)
+    config = PTUMConfig.from_preset("hsa", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    collator = SeededCollator(pretraining_collator(data, tokenizer, config, seed=a.seed), a.seed)
+    loader = DataLoader(UserRows(data.users), batch_size=BATCH_USERS, shuffle=True, drop_last=True,
+                        collate_fn=collator, num_workers=a.num_workers, persistent_workers=a.num_workers > 0,
+                        generator=torch.Generator().manual_seed(a.seed))
+    model = PTUMForPretraining(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if a.fused_adam else {}))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bfloat16")
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+    t_data, t_step, n_beh = [], [], 0
+    for s in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        with autocast:
+            out = model(**batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        float(out.loss)
+        t2 = time.perf_counter()
+        if s >= a.warmup:
+            t_data.append(t1 - t0)
+            t_step.append(t2 - t0)
+            n_beh += int((batch["mbp_history_indices"] != -1).sum())
+    batch = next(it)
+    with FlopCounterMode(display=False) as fc:
+        with autocast:
+            out = model(**batch)
+        out.loss.backward()
+    optimizer.zero_grad()
+    extra = {"num_workers": a.num_workers, "fused_adam": a.fused_adam,
+             "unique_behaviors_per_batch": int(batch["behavior_input_ids"].shape[0]),
+             "tokens_per_batch": int(batch["behavior_attention_mask"].sum()),
+             "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0")}
+    del it, loader  # stop the workers so that their peak RSS can be read
+    return summarize(a, "ptum-hf", t_data, t_step, n_beh, fc.get_total_flops(), extra)
+
+
+def register_cpu_attention_flops():
+    """torch.utils.flop_counter has formulas for the CUDA attention kernels only; count the CPU flash kernel that
+    F.scaled_dot_product_attention runs here with the same formulas (else attention would count as 0 FLOPs)."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    if aten._scaled_dot_product_flash_attention_for_cpu not in fc.flop_registry:
+        fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)(fc.sdpa_flop)
+        fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward, get_raw=True)(
+            fc.sdpa_backward_flop)
+
+
+def summarize(a, impl, t_data, t_step, n_beh, flops, extra) -> dict:
+    import resource
+
+    import numpy as np
+
+    total = float(np.sum(t_step))
+    step_s = total / len(t_step)
+    res = {"impl": impl, "data": a.data, "dtype": a.dtype, "users": a.users, "batch_users": BATCH_USERS,
+           "steps": a.steps, "threads": a.threads,
+           "step_s": round(step_s, 4), "step_s_median": round(float(np.median(t_step)), 4),
+           "users_per_s": round(BATCH_USERS * len(t_step) / total, 3), "behaviors_per_s": round(n_beh / total, 1),
+           "behaviors_per_user": round(n_beh / (BATCH_USERS * len(t_step)), 2),
+           "data_wait_share": round(float(np.sum(t_data)) / total, 4),
+           "gflops_per_user": round(flops / BATCH_USERS / 1e9, 3), "gflops_achieved": round(flops / step_s / 1e9, 2),
+           "peak_rss_mib": C.peak_rss_mib(), **extra}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if children:
+        res["peak_rss_worker_mib"] = round(children, 1)
+    res.update(C.matmul_peaks())
+    peak = res["peak_gflops_bf16" if a.dtype == "bfloat16" else "peak_gflops_fp32"]
+    res["mfu"] = round(res["gflops_achieved"] / peak, 4)
+    return res
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def child_argv(a, impl, dtype):
+    argv = [str(Path(__file__).resolve()), "--child", impl, "--dtype", dtype, "--data", a.data, "--users",
+            str(a.users), "--steps", str(a.steps), "--warmup", str(a.warmup), "--seed", str(a.seed), "--threads",
+            str(a.threads), "--num-workers", str(a.num_workers)]
+    return argv + (["--fused-adam"] if a.fused_adam else [])
+
+
+def run_child(a, impl, dtype, thp: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("THP_MEM_ALLOC_ENABLE", None)
+    if thp:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    import subprocess
+
+    out = subprocess.run([sys.executable, *child_argv(a, impl, dtype)], capture_output=True, text=True, env=env,
+                         cwd=C.ROOT)
+    if out.returncode:
+        sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
+        raise SystemExit(f"{impl} child failed ({out.returncode})")
+    result = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    result["thp_alloc"] = "1" if thp else "0"
+    print(json.dumps(result, separators=(",", ":")), file=sys.stderr)
+    return result
+
+
+RATIO_KEYS = ("users_per_s", "behaviors_per_s")
+
+
+def compare(rounds: list[dict]) -> dict:
+    """Median over rounds of ptum-hf / reference ratios (each round's children ran back to back)."""
+    import numpy as np
+
+    med = lambda values: round(float(np.median(values)), 3)  # noqa: E731
+    ours = [r["ours"] for r in rounds]
+    ref = [r["reference"] for r in rounds]
+    out = {"speedup_users_per_s": med([o["users_per_s"] / r["users_per_s"] for o, r in zip(ours, ref)]),
+           "flops_per_user_ratio": med([r["gflops_per_user"] / o["gflops_per_user"] for o, r in zip(ours, ref)]),
+           "peak_rss_ratio": med([(o["peak_rss_mib"] + o.get("peak_rss_worker_mib", 0)) / r["peak_rss_mib"]
+                                  for o, r in zip(ours, ref)]),
+           "mfu_ours": med([o["mfu"] for o in ours]), "mfu_reference": med([r["mfu"] for r in ref]),
+           "data_wait_share_ours": med([o["data_wait_share"] for o in ours])}
+    if all("reference_thp" in r for r in rounds):
+        out["speedup_vs_reference_with_thp"] = med([r["ours"]["users_per_s"] / r["reference_thp"]["users_per_s"]
+                                                    for r in rounds])
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=["reference", "movielens", "synthetic"], default="reference")
+    ap.add_argument("--users", type=int, default=2000, help="users generated (reference, synthetic corpora)")
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per child")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="reference/ptum-hf pairs per dtype")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--num-workers", type=int, default=1, help="ptum-hf DataLoader workers (collation)")
+    ap.add_argument("--fused-adam", action="store_true", help="ptum-hf: AdamW(fused=True)")
+    ap.add_argument("--no-thp", action="store_true",
+                    help="ptum-hf without THP_MEM_ALLOC_ENABLE=1 (huge pages for large tensors)")
+    ap.add_argument("--reference-thp", action="store_true",
+                    help="also time the reference with THP_MEM_ALLOC_ENABLE=1, to show what the allocator alone buys")
+    ap.add_argument("--force-bf16", action="store_true", help="run bf16 autocast even without native bf16 matmuls")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        result = (child_reference if a.child == "reference" else child_ours)(a)
+        print(json.dumps(result, separators=(",", ":")))
+        return
+
+    summary = {"machine": C.machine(), "data": a.data, "users": a.users, "steps": a.steps, "batch_users": BATCH_USERS}
+    results = {}
+    for dtype in a.dtypes.split(","):
+        if dtype == "bfloat16" and not a.force_bf16 and not C.bf16_native():
+            results[dtype] = {"skipped": "this CPU has no native bf16 matmul (no AVX512-BF16/AMX): bf16 autocast "
+                                         "runs every matmul on a slow fallback, for both implementations "
+                                         "(--force-bf16 to run it anyway)"}
+            print(json.dumps({**summary, "dtype": dtype, **results[dtype]}, separators=(",", ":")))
+            continue
+        rounds = []
+        for r in range(a.rounds):
+            order = ["reference", "ours"] if r % 2 == 0 else ["ours", "reference"]
+            rnd = {impl: run_child(a, impl, dtype, thp=(impl == "ours" and not a.no_thp)) for impl in order}
+            if a.reference_thp:
+                rnd["reference_thp"] = run_child(a, "reference", dtype, thp=True)
+            rounds.append(rnd)
+        results[dtype] = {"rounds": rounds, "compare": compare(rounds)}
+        line = {**summary, "dtype": dtype, **results[dtype]["compare"],
+                "ours": rounds[-1]["ours"], "reference": rounds[-1]["reference"]}
+        print(json.dumps(line, separators=(",", ":")))
+    write_results(a, summary, results)
+
+
+TARGETS = "users/s >= 10x the reference (fp32); MFU >= 50% of the fp32 matmul peak; data waiting < 5%; peak RSS <= 1/4"
+
+
+def write_results(a, summary, results):
+    command = "python benchmarks/bench_pretraining.py " + " ".join(sys.argv[1:])
+    rows = [("users/s", "users_per_s", ""), ("behaviors/s", "behaviors_per_s", ""),
+            ("history behaviors per user", "behaviors_per_user", ""),
+            ("model GFLOP per user (fwd+bwd)", "gflops_per_user", ""), ("achieved GFLOP/s", "gflops_achieved", ""),
+            ("MFU (vs measured matmul peak)", "mfu", "%"), ("matmul peak fp32 / bf16 GFLOP/s", None, ""),
+            ("peak RSS MiB (main + worker)", None, ""), ("waiting for data", "data_wait_share", "%"),
+            ("step time s (mean)", "step_s", "")]
+    lines = [f"Command: `{command}`", "",
+             f"Machine: {summary['machine']['cpu']} ({'/'.join(summary['machine']['simd'])}), "
+             f"{summary['machine']['cpus']} CPUs, "
+             f"{summary['machine']['mem_gib']} GiB, torch {summary['machine']['torch']}, "
+             f"{a.threads} threads. Corpus `{a.data}`"
+             + (f" ({a.users} users)" if a.data != "movielens" else "")
+             + f", {BATCH_USERS} users per batch, {a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s);"
+             " ratios are medians over rounds of children run back to back.", ""]
+    for dtype, res in results.items():
+        if "skipped" in res:
+            lines += [f"### {dtype}", "", f"Not run: {res['skipped']}.", ""]
+            continue
+        last = res["rounds"][-1]
+        impls = [("reference", last["reference"]), ("ptum-hf", last["ours"])]
+        if "reference_thp" in last:
+            impls.insert(1, ("reference + THP", last["reference_thp"]))
+        lines += [f"### {dtype}", "", "| | " + " | ".join(name for name, _ in impls) + " |",
+                  "|---|" + "---|" * len(impls)]
+        for label, key, unit in rows:
+            cells = []
+            for _, r in impls:
+                if label.startswith("matmul peak"):
+                    cells.append(f"{r['peak_gflops_fp32']} / {r['peak_gflops_bf16']}")
+                elif label.startswith("peak RSS"):
+                    worker = r.get("peak_rss_worker_mib")
+                    cells.append(f"{r['peak_rss_mib']}" + (f" + {worker}" if worker else ""))
+                elif unit == "%":
+                    cells.append(f"{100 * r[key]:.1f}%")
+                else:
+                    cells.append(str(r[key]))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        cmp = res["compare"]
+        lines += ["", f"ptum-hf / reference: **{cmp['speedup_users_per_s']}x users/s**, "
+                  f"{cmp['flops_per_user_ratio']}x fewer FLOPs per user, peak RSS ratio {cmp['peak_rss_ratio']}"
+                  + (f"; {cmp['speedup_vs_reference_with_thp']}x the reference run with the same allocator setting"
+                     if "speedup_vs_reference_with_thp" in cmp else "") + ".", ""]
+        ours = last["ours"]
+        lines += [f"ptum-hf settings: DataLoader workers {ours['num_workers']}, fused AdamW {ours['fused_adam']}, "
+                  f"THP_MEM_ALLOC_ENABLE={ours['thp_alloc']}; {ours['unique_behaviors_per_batch']} unique behaviors "
+                  f"and {ours['tokens_per_batch']} tokens in a batch of {BATCH_USERS} users.", ""]
+    lines += [f"Targets: {TARGETS}."]
+    C.write_section(f"pretraining-{a.data}", f"Pre-training throughput: {a.data} corpus", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Reproduce the PTUM paper's tables and figures on MovieLens-100K and synthetic data; writes `results/`.
+
+    python examples/reproduce_paper.py                      # the full run
+    python examples/reproduce_paper.py --quick --output_dir /tmp/reproduce
+    python examples/reproduce_paper.py --experiments table2,baselines --presets hsa --repeats 3
+
+The same as `ptum-hf reproduce ...`; see `ptum_hf/reproduce.py` for every option.
+"""
+
+from ptum_hf.reproduce import main
+
+if __name__ == "__main__":
+    main()

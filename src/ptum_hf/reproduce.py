@@ -1,0 +1,1072 @@
+"""Reproduce the PTUM paper's experiments (Wu et al., 2020) with this library's public API.
+
+    ptum-hf reproduce --output_dir results                       # everything (about 2 hours on 2 cores)
+    ptum-hf reproduce --quick --output_dir /tmp/r                # tiny version (a test runs it)
+    ptum-hf reproduce --experiments table2 --presets hsa --ratios 0.2,1.0 --repeats 3
+
+Experiments (`--experiments`, comma separated):
+
+- `table2`: demographics (age, 4 buckets; gender) on MovieLens-100K; presets HAN/HURA/HSA x {from scratch, PTUM no
+  finetune, PTUM finetune} x label ratios; repeat r uses its own 80/10/10 user split (`split_seed=r`).
+- `table3`: CTR on MovieLens-100K (rating >= 4, time split) and on the synthetic task; GRU4Rec/NativeCTR/BERT4Rec.
+- `ablation`: pre-training tasks none / MBP only / NBP only / both, for HSA (demographics) and BERT4Rec (CTR).
+- `lambda`, `k`: the NBP weight lambda and the number K of next behaviors (HSA, demographics).
+- `baselines`: majority class and logistic regression on TF-IDF bag-of-items (demographics); item mean click rate
+  and logistic regression on user and item one-hots (CTR); on exactly the splits the user models get.
+- `scale`: synthetic, pre-training users outnumbering labeled training users 50:1.
+
+Pre-training uses every user's behaviors and no labels, once per (dataset, preset, pre-training setting); the
+fine-tunes reuse it. Every fine-tune's test metrics are appended to `<output_dir>/raw/<experiment>.jsonl` as soon as
+they exist, so an interrupted run continues where it stopped; the Markdown tables (`<output_dir>/*.md`) and PNG plots
+are rebuilt from those records at the end of every experiment. Differences between two variants are paired: the same
+split, the same labeled users, then mean +- std of the per-split difference and how often it is positive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+EXPERIMENTS = ("baselines", "table2", "table3", "ablation", "lambda", "k", "scale", "probe")
+DEMOGRAPHIC_PRESETS = ("han", "hura", "hsa")
+CTR_PRESETS = ("gru4rec", "nativectr", "bert4rec")
+MOVIELENS = "movielens-100k"
+SYNTHETIC = "synthetic"
+
+# name: (FinetuneArguments overrides, learning rate). The frozen user model trains only a linear head: larger steps.
+VARIANTS = {
+    "scratch": ({"from_scratch": True}, 1e-3),
+    "ptum_frozen": ({"freeze_user_model": True}, 1e-2),
+    "ptum_finetune": ({}, 5e-4),
+}
+VARIANT_NAMES = {"scratch": "from scratch", "ptum_frozen": "PTUM no finetune", "ptum_finetune": "PTUM finetune",
+                 "majority": "majority class", "lr_tfidf": "LR, TF-IDF bag-of-items",
+                 "lr_tfidf_words": "LR, TF-IDF words of the texts",
+                 "item_mean": "item mean click rate", "cosine_tfidf": "history-ad TF-IDF cosine (untrained)", "lr_user_item": "LR, user + item one-hot",
+                 "probe_ptum": "LR on frozen PTUM user vectors", "probe_random": "LR on random-init user vectors"}
+BASELINE_VARIANTS = ("majority", "lr_tfidf", "lr_tfidf_words", "item_mean", "lr_user_item", "cosine_tfidf")
+DEMOGRAPHIC_METRICS = ("age_accuracy", "age_macro_f1", "gender_accuracy", "gender_macro_f1", "gender_auc")
+CTR_METRICS = ("auc", "ap")
+
+# Model sizes (PTUMConfig overrides). The paper's sizes (300-d words, 256-d vectors, 100 behaviors) cost about 4 s
+# per pre-training step of 32 users on one CPU core; "small" is about 5 times cheaper.
+SIZES = {
+    "paper": {},
+    "small": {"word_embedding_dim": 64, "hidden_size": 64, "num_attention_heads": 4, "additive_attention_dim": 32,
+              "intermediate_size": 128, "max_behaviors": 50, "max_tokens_per_behavior": 16},
+    "tiny": {"word_embedding_dim": 16, "hidden_size": 16, "num_attention_heads": 2, "additive_attention_dim": 8,
+             "intermediate_size": 32, "max_behaviors": 20, "max_tokens_per_behavior": 12},
+}
+
+
+@dataclass
+class Settings:
+    """Everything that decides the numbers; written next to the tables."""
+
+    data_dir: str | None = None
+    size: str = "small"
+    repeats: int = 5
+    ratios: tuple = (0.2, 0.5, 1.0)
+    demographic_presets: tuple = DEMOGRAPHIC_PRESETS
+    ctr_presets: tuple = CTR_PRESETS
+    ctr_datasets: tuple = (MOVIELENS, SYNTHETIC)
+    synthetic_users: int = 3000
+    pretrain_epochs: int = 10
+    pretrain_max_steps: int = -1
+    pretrain_batch_size: int = 32
+    pretrain_learning_rate: float = 1e-3
+    finetune_epochs: int = 5
+    finetune_batch_size: int = 64
+    ctr_max_steps: int = 400
+    ctr_eval_steps: int = 100
+    ablation_ratio: float = 0.2
+    ablation_tasks: tuple = ("demographics", "ctr")
+    lambdas: tuple = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+    ks: tuple = (1, 2, 3, 4, 5)
+    scale_users: int = 51250
+    scale_labeled: int = 1000
+    scale_pretrain_steps: int = 1500
+    tokenizer_vocab_size: int = 8000
+    behavior_tokens: str = "text"
+    tag: str = ""
+    seed: int = 0
+
+    @property
+    def model_overrides(self) -> dict:
+        overrides = dict(SIZES[self.size])
+        if self.behavior_tokens == "item":  # one token per behavior: an item-id embedding model
+            overrides["max_tokens_per_behavior"] = 1
+        return overrides
+
+    def model_label(self, preset: str) -> str:
+        """The name a user model gets in the tables: preset, [size] when not the default, (item ids)."""
+        return preset + ("" if self.size == "small" else f" [{self.size}]") + (
+            " (item ids)" if self.behavior_tokens == "item" else "") + (f" {{{self.tag}}}" if self.tag else "")
+
+
+QUICK = dict(
+    size="tiny", repeats=1, ratios=(0.5,), demographic_presets=("hsa",), ctr_presets=("nativectr",),
+    ctr_datasets=(SYNTHETIC,), synthetic_users=160, pretrain_epochs=1, pretrain_max_steps=4, pretrain_batch_size=16,
+    finetune_epochs=1, finetune_batch_size=32, ctr_max_steps=4, ctr_eval_steps=2, ablation_ratio=0.5,
+    lambdas=(0.0, 1.0), ks=(1, 2), scale_users=200, scale_labeled=4, scale_pretrain_steps=4, tokenizer_vocab_size=400,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="ptum-hf reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="results", help="Tables, plots, raw records.")
+    parser.add_argument("--work_dir", default=None,
+                        help="Pre-trained models and Trainer folders (default: outputs/reproduce, or a folder under "
+                             "output_dir for --quick).")
+    parser.add_argument("--quick", action="store_true", help="Tiny settings on a small synthetic dataset.")
+    parser.add_argument("--experiments", default=",".join(EXPERIMENTS), help=f"Subset of {','.join(EXPERIMENTS)}.")
+    parser.add_argument("--repeats", type=int, default=None, help="Splits per cell (seed r = 0..repeats-1).")
+    parser.add_argument("--presets", default=None,
+                        help="Restrict the presets (of table2 and table3), e.g. hsa or hsa,bert4rec.")
+    parser.add_argument("--ratios", default=None, help="Label ratios, e.g. 0.2,0.5,1.0.")
+    parser.add_argument("--ctr_datasets", default=None, help=f"{MOVIELENS},{SYNTHETIC} or one of them.")
+    parser.add_argument("--size", choices=tuple(SIZES), default=None, help="Model size (PTUMConfig overrides).")
+    parser.add_argument("--behavior_tokens", choices=("text", "item"), default=None,
+                        help="text: WordPiece tokens of the behavior text (default); item: one token per distinct "
+                             "behavior (item identity, no text).")
+    parser.add_argument("--pretrain_epochs", type=int, default=None)
+    parser.add_argument("--pretrain_max_steps", type=int, default=None)
+    parser.add_argument("--finetune_epochs", type=int, default=None)
+    parser.add_argument("--ctr_max_steps", type=int, default=None)
+    parser.add_argument("--synthetic_users", type=int, default=None)
+    parser.add_argument("--scale_users", type=int, default=None)
+    parser.add_argument("--scale_labeled", type=int, default=None)
+    parser.add_argument("--ablation_tasks", default=None, help="demographics,ctr (HSA and BERT4Rec) or one of them.")
+    parser.add_argument("--ablation_ratio", type=float, default=None, help="Label ratio of ablation, lambda, K.")
+    parser.add_argument("--tag", default=None, help="Appended to the model name in the tables, e.g. 'long PT', to keep a "
+                                                    "variant of the settings apart from the default runs.")
+    parser.add_argument("--data_dir", default=None, help="MovieLens-100K folder (default: the loader's search).")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads.")
+    return parser.parse_args(argv)
+
+
+def build_settings(args) -> Settings:
+    settings = Settings(**QUICK) if args.quick else Settings()
+    changes = {}
+    if args.repeats is not None:
+        changes["repeats"] = args.repeats
+    if args.ratios:
+        changes["ratios"] = tuple(float(r) for r in args.ratios.split(","))
+    if args.presets:
+        chosen = [p.strip() for p in args.presets.split(",") if p.strip()]
+        unknown = [p for p in chosen if p not in DEMOGRAPHIC_PRESETS + CTR_PRESETS]
+        if unknown:
+            raise SystemExit(f"unknown preset(s) {unknown}; allowed: {', '.join(DEMOGRAPHIC_PRESETS + CTR_PRESETS)}")
+        changes["demographic_presets"] = tuple(p for p in chosen if p in DEMOGRAPHIC_PRESETS)
+        changes["ctr_presets"] = tuple(p for p in chosen if p in CTR_PRESETS)
+    if args.ablation_tasks:
+        changes["ablation_tasks"] = tuple(t.strip() for t in args.ablation_tasks.split(",") if t.strip())
+    if args.ctr_datasets:
+        changes["ctr_datasets"] = tuple(d.strip() for d in args.ctr_datasets.split(",") if d.strip())
+    for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "ctr_max_steps",
+                 "synthetic_users", "scale_users", "scale_labeled", "data_dir", "behavior_tokens", "ablation_ratio", "tag"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    settings = replace(settings, **changes)
+    if any(not 0.0 < r <= 1.0 for r in settings.ratios):
+        raise SystemExit(f"ratios must be in (0, 1]; got {settings.ratios}")
+    if settings.repeats < 1:
+        raise SystemExit("repeats must be >= 1")
+    return settings
+
+
+# ----------------------------------------------------------------------------------------------------------- records
+
+
+class Records:
+    """Append-only JSON lines per experiment; a record's key says which run it is, so finished runs are skipped."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, experiment):
+        return self.folder / f"{experiment}.jsonl"
+
+    def load(self, experiment) -> list[dict]:
+        path = self.path(experiment)
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+        return rows
+
+    def done(self, experiment) -> set:
+        return {record_key(r) for r in self.load(experiment)}
+
+    def add(self, experiment, record: dict):
+        with open(self.path(experiment), "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+KEY_FIELDS = ("experiment", "task", "dataset", "preset", "setting", "variant", "ratio", "repeat")
+
+
+def record_key(record: dict) -> tuple:
+    return tuple(record.get(k) for k in KEY_FIELDS)
+
+
+# -------------------------------------------------------------------------------------------------------------- data
+
+
+class Context:
+    def __init__(self, settings: Settings, output_dir: Path, work_dir: Path, quick: bool):
+        self.settings = settings
+        self.output_dir = output_dir
+        self.work_dir = work_dir
+        self.quick = quick
+        self.records = Records(output_dir / "raw")
+        self._data = {}
+        self.timings = {}
+
+    def data(self, name: str, num_users: int | None = None):
+        """A dataset by name, loaded once."""
+        from .training_utils import load_behavior_data
+
+        users = num_users or self.settings.synthetic_users
+        key = (name, users if name == SYNTHETIC else None)
+        if key not in self._data:
+            self._data[key] = load_behavior_data(name, self.data_name_dir(name), users, self.settings.seed)
+        return self._data[key]
+
+    def data_name(self, name: str) -> str:
+        """MovieLens is read from disk; --quick uses synthetic data in its place (no files needed)."""
+        return SYNTHETIC if self.quick and name == MOVIELENS else name
+
+    def data_name_dir(self, name):
+        return self.settings.data_dir if name == MOVIELENS else None
+
+
+def log(message: str):
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ pre-training
+
+
+def pretrain_model(ctx: Context, dataset: str, preset: str, setting: dict, num_users: int | None = None,
+                   max_steps: int | None = None) -> Path:
+    """Pre-train once per (dataset, preset, setting, size); reuse the saved model afterwards."""
+    from .pretraining import PretrainingArguments, pretrain
+
+    s = ctx.settings
+    overrides = {**s.model_overrides, **setting}
+    users = num_users or s.synthetic_users
+    steps = max_steps if max_steps is not None else s.pretrain_max_steps
+    identity = {"dataset": dataset, "users": users if dataset == SYNTHETIC else None, "preset": preset,
+                "overrides": overrides, "epochs": s.pretrain_epochs, "steps": steps, "batch": s.pretrain_batch_size,
+                "lr": s.pretrain_learning_rate, "vocab": s.tokenizer_vocab_size, "seed": s.seed}
+    if s.behavior_tokens != "text":
+        identity["tokens"] = s.behavior_tokens
+    tag = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    folder = ctx.work_dir / "pretrain" / f"{dataset}-{preset}-{tag}"
+    model_dir = folder / "model"
+    if (model_dir / "pretraining_metrics.json").exists():
+        return model_dir
+    log(f"pre-training {preset} on {dataset} ({users if dataset == SYNTHETIC else 'all'} users), setting {setting}")
+    start = time.perf_counter()
+    args = PretrainingArguments(
+        output_dir=str(folder), dataset=dataset, data_dir=ctx.data_name_dir(dataset), num_users=users,
+        synthetic_seed=s.seed, preset=preset, config_overrides=json.dumps(overrides),
+        tokenizer_vocab_size=s.tokenizer_vocab_size, tokenizer_name=item_tokenizer(ctx, dataset, users),
+        per_device_batch_size=s.pretrain_batch_size,
+        learning_rate=s.pretrain_learning_rate, num_epochs=s.pretrain_epochs, max_steps=steps,
+        eval_steps=10**9, save_steps=0, logging_steps=10**9, report_to="none", seed=s.seed,
+    )
+    with quiet():
+        pretrain(args)
+    metrics = json.loads((model_dir / "pretraining_metrics.json").read_text())
+    ctx.timings[f"pretrain {dataset} {preset} {tag}"] = round(time.perf_counter() - start, 1)
+    atomic_json(folder / "identity.json", {**identity, "metrics": metrics,
+                                           "seconds": ctx.timings[f"pretrain {dataset} {preset} {tag}"]})
+    return model_dir
+
+
+def item_tokenizer(ctx: Context, dataset: str, users: int) -> str | None:
+    """With `--behavior_tokens item`: a word-level tokenizer whose vocabulary is the distinct behavior texts, each
+    whole text one token (no normaliser, no pre-tokeniser), saved once; None (train WordPiece) otherwise."""
+    if ctx.settings.behavior_tokens != "item":
+        return None
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    folder = ctx.work_dir / "tokenizers" / f"{dataset}-{users if dataset == SYNTHETIC else 'all'}-item"
+    if not (folder / "tokenizer.json").exists():
+        behaviors = ctx.data(dataset, users).behaviors
+        vocab = {"[PAD]": 0, "[UNK]": 1, "[MASK]": 2}
+        for text in behaviors:
+            vocab.setdefault(text, len(vocab))
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]")), pad_token="[PAD]",
+            unk_token="[UNK]", mask_token="[MASK]")
+        from .training_utils import atomic_directory
+
+        with atomic_directory(folder) as tmp:
+            tokenizer.save_pretrained(str(tmp))
+    return str(folder)
+
+
+def pretraining_summary(ctx: Context) -> list[dict]:
+    rows = []
+    folder = ctx.work_dir / "pretrain"
+    for path in sorted(folder.glob("*/identity.json")) if folder.exists() else []:
+        rows.append(json.loads(path.read_text()))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------- fine-tuning
+
+
+def finetune_run(ctx: Context, task: str, dataset: str, model_dir: Path, variant: str, ratio: float, repeat: int,
+                 label_fraction: float | None = None) -> dict:
+    """One fine-tune (or from-scratch run) on split `repeat`; returns the test metrics without the `test_` prefix."""
+    import torch  # noqa: F401  (the Trainer needs it; imported here so that --help stays fast)
+
+    from .finetuning import FinetuneArguments, default_training_arguments, finetune
+
+    s = ctx.settings
+    overrides, learning_rate = VARIANTS[variant]
+    args = FinetuneArguments(
+        task=task, model_name_or_path=str(model_dir), dataset=dataset, data_dir=ctx.data_name_dir(dataset),
+        label_fraction=label_fraction if label_fraction is not None else ratio, split_seed=repeat, **overrides,
+    )
+    out = ctx.work_dir / "finetune" / "current"
+    shutil.rmtree(out, ignore_errors=True)
+    extra = dict(num_train_epochs=s.finetune_epochs)
+    if task == "ctr":  # MovieLens has ~80k training impressions: a step budget with step-wise evaluation
+        extra = dict(max_steps=s.ctr_max_steps, eval_strategy="steps", save_strategy="steps",
+                     eval_steps=s.ctr_eval_steps, save_steps=s.ctr_eval_steps)
+    training_args = default_training_arguments(
+        str(out), task, learning_rate=learning_rate, per_device_train_batch_size=s.finetune_batch_size,
+        seed=repeat, data_seed=repeat, save_total_limit=1, **extra,
+    )
+    data = ctx.data(dataset) if dataset != SYNTHETIC or label_fraction is None else ctx.data(dataset, ctx._scale_users)
+    # `finetune` builds the model (fresh head, or every weight from scratch) before the Trainer seeds anything, so the
+    # initialisation would depend on whatever ran before in this process: seed it per repeat.
+    from transformers import set_seed
+
+    set_seed(repeat)
+    with quiet():
+        _, metrics = finetune(args, training_args, data=data)
+    shutil.rmtree(out, ignore_errors=True)
+    return {k[len("test_"):]: float(v) for k, v in metrics.items() if k.startswith("test_") and _is_number(v)}
+
+
+def run_grid(ctx: Context, experiment: str, task: str, dataset: str, preset: str, setting_name: str, setting: dict,
+             variants, ratios, num_users=None, max_steps=None, label_fraction_of=None):
+    """Pre-train (if a PTUM variant needs it) and run every (variant, ratio, repeat) not yet recorded."""
+    s = ctx.settings
+    dataset = ctx.data_name(dataset)
+    label = s.model_label(preset)
+    done = ctx.records.done(experiment)
+    todo = [(v, r, k) for r in ratios for k in range(s.repeats) for v in variants
+            if (experiment, task, dataset, label, setting_name, v, r, k) not in done]
+    if not todo:
+        return
+    model_dir = pretrain_model(ctx, ctx.data_name(dataset), preset, setting, num_users, max_steps)
+    for variant, ratio, repeat in todo:
+        start = time.perf_counter()
+        fraction = label_fraction_of(ratio) if label_fraction_of else None
+        metrics = finetune_run(ctx, task, ctx.data_name(dataset), model_dir, variant, ratio, repeat, fraction)
+        seconds = round(time.perf_counter() - start, 1)
+        ctx.records.add(experiment, {
+            "experiment": experiment, "task": task, "dataset": dataset, "preset": label, "setting": setting_name,
+            "variant": variant, "ratio": ratio, "repeat": repeat, "metrics": metrics, "seconds": seconds,
+            "size": s.size,
+        })
+        main_metric = metrics.get("accuracy", metrics.get("auc"))
+        log(f"{experiment} {dataset} {label} {setting_name} {variant} ratio={ratio} repeat={repeat}: "
+            f"{'accuracy' if task == 'demographics' else 'auc'}={main_metric:.4f} ({seconds:.0f}s)")
+
+
+# -------------------------------------------------------------------------------------------------------- baselines
+
+
+def demographic_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, label_fraction=None) -> dict:
+    """Majority class and LR on TF-IDF bag-of-items, on the user models' split (`demographics_splits`)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    from .finetuning import FinetuneArguments, demographics_splits
+
+    name = ctx.data_name(dataset)
+    data = ctx.data(name) if label_fraction is None else ctx.data(name, ctx._scale_users)
+    args = FinetuneArguments(dataset=name, label_fraction=label_fraction or ratio, split_seed=repeat)
+    train, validation, test = demographics_splits(data, args)
+    docs = lambda part: [" ".join(f"i{b}" for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
+    vectorizer = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
+    features = {"lr_tfidf": [vectorizer.fit_transform(docs(train))]}
+    features["lr_tfidf"] += [vectorizer.transform(docs(validation)), vectorizer.transform(docs(test))]
+    # The same model on the words of the behavior texts (what the user models read) instead of item identities.
+    texts = lambda part: [" ".join(data.behaviors[b] for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
+    words = TfidfVectorizer(sublinear_tf=True, min_df=2)
+    features["lr_tfidf_words"] = [words.fit_transform(texts(train)), words.transform(texts(validation)),
+                                  words.transform(texts(test))]
+    out = {"majority": {}, "lr_tfidf": {}, "lr_tfidf_words": {}}
+    for head in ("age", "gender"):
+        y_train, y_val, y_test = (np.asarray(p[head], dtype=float) for p in (train, validation, test))
+        keep_train, keep_val, keep_test = (~np.isnan(y) for y in (y_train, y_val, y_test))
+        y_train, y_val, y_test = (y[k].astype(int) for y, k in ((y_train, keep_train), (y_val, keep_val),
+                                                                 (y_test, keep_test)))
+        majority = np.bincount(y_train).argmax()
+        prediction = np.full(len(y_test), majority)
+        out["majority"][f"{head}_accuracy"] = accuracy_score(y_test, prediction)
+        out["majority"][f"{head}_macro_f1"] = f1_score(y_test, prediction, average="macro")
+        if head == "gender":
+            out["majority"]["gender_auc"] = 0.5
+        for variant, (x_train, x_val, x_test) in features.items():
+            best = None
+            if len(np.unique(y_train)) < 2:  # a tiny --quick split
+                out[variant].update({k: v for k, v in out["majority"].items() if k.startswith(head)})
+                continue
+            for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0):  # C chosen on the validation users by macro-F1
+                model = LogisticRegression(C=c, max_iter=2000, class_weight=None)
+                model.fit(x_train[keep_train], y_train)
+                score = f1_score(y_val, model.predict(x_val[keep_val]), average="macro")
+                if best is None or score > best[0]:
+                    best = (score, c, model)
+            model = best[2]
+            prediction = model.predict(x_test[keep_test])
+            out[variant][f"{head}_accuracy"] = accuracy_score(y_test, prediction)
+            out[variant][f"{head}_macro_f1"] = f1_score(y_test, prediction, average="macro")
+            out[variant][f"{head}_C"] = best[1]
+            if head == "gender":
+                scores = model.predict_proba(x_test[keep_test])[:, 1]
+                out[variant]["gender_auc"] = (roc_auc_score(y_test, scores) if len(np.unique(y_test)) > 1
+                                              else math.nan)
+    for metrics in out.values():
+        metrics["accuracy"] = float(np.mean([metrics["age_accuracy"], metrics["gender_accuracy"]]))
+        metrics["macro_f1"] = float(np.mean([metrics["age_macro_f1"], metrics["gender_macro_f1"]]))
+    return {v: {k: float(x) for k, x in m.items()} for v, m in out.items()}
+
+
+def cosine_scores(data, part, max_behaviors: int = 50) -> np.ndarray:
+    """Untrained: cosine between the TF-IDF word vector of the user's last `max_behaviors` behaviors before the
+    impression and that of the ad's texts (title, and description where there is one)."""
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    if not hasattr(data, "_reproduce_word_tfidf"):
+        data._reproduce_word_tfidf = TfidfVectorizer(sublinear_tf=True).fit_transform(data.behaviors)
+    words = data._reproduce_word_tfidf
+    seq = data.sequences()
+    users, ends = np.asarray(part["user_index"]), np.asarray(part["history_end"])
+    rows, cols = [], []
+    for row, (user, end) in enumerate(zip(users.tolist(), ends.tolist())):
+        start = seq.offsets[user] + max(0, end - max_behaviors)
+        ids = seq.behavior_ids[start: seq.offsets[user] + end]
+        rows.extend([row] * len(ids))
+        cols.extend(ids.tolist())
+    history = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(users), words.shape[0])) @ words
+    ads = words[np.asarray(part["ad_title_id"])]
+    descriptions = np.asarray(part["ad_description_id"])
+    if (descriptions >= 0).any():
+        extra = words[np.where(descriptions >= 0, descriptions, 0)].multiply((descriptions >= 0)[:, None])
+        ads = ads + sp.csr_matrix(extra)
+    return np.asarray(normalize(history).multiply(normalize(ads)).sum(axis=1)).ravel()
+
+
+def ctr_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, only=None) -> dict:
+    """Item mean click rate (smoothed), LR on user + item one-hots, and the untrained history-ad TF-IDF cosine, on
+    the user models' CTR split."""
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from .finetuning import FinetuneArguments, ctr_splits
+
+    name = ctx.data_name(dataset)
+    data = ctx.data(name)
+    train, validation, test = ctr_splits(data, FinetuneArguments(task="ctr", dataset=name, label_fraction=ratio,
+                                                                 split_seed=repeat))
+    columns = lambda part: (np.asarray(part["user_index"]), np.asarray(part["ad_title_id"]),  # noqa: E731
+                            np.asarray(part["label"]))
+    (u_tr, i_tr, y_tr), (u_va, i_va, y_va), (u_te, i_te, y_te) = map(columns, (train, validation, test))
+    prior, strength = y_tr.mean(), 5.0
+    clicks, shows = {}, {}
+    for item, label in zip(i_tr.tolist(), y_tr.tolist()):
+        clicks[item] = clicks.get(item, 0) + label
+        shows[item] = shows.get(item, 0) + 1
+    item_mean = lambda items: np.array([(clicks.get(i, 0) + strength * prior) / (shows.get(i, 0) + strength)  # noqa
+                                        for i in items.tolist()])
+    n_users, n_items = len(data.users), len(data.behaviors)
+
+    def features(users, items):
+        rows = np.arange(len(users))
+        user_part = sp.csr_matrix((np.ones(len(users)), (rows, users)), shape=(len(users), n_users))
+        item_part = sp.csr_matrix((np.ones(len(items)), (rows, items)), shape=(len(items), n_items))
+        return sp.hstack([user_part, item_part]).tocsr()
+
+    def scores(y, p):
+        ok = len(np.unique(y)) > 1
+        return {"auc": roc_auc_score(y, p) if ok else math.nan, "ap": average_precision_score(y, p) if y.any()
+                else math.nan}
+
+    if only == ("cosine_tfidf",):
+        return {"cosine_tfidf": {k: float(x) for k, x in scores(y_te, cosine_scores(data, test)).items()}}
+    out = {"item_mean": scores(y_te, item_mean(i_te)), "cosine_tfidf": scores(y_te, cosine_scores(data, test))}
+    best = None
+    x_tr, x_va, x_te = features(u_tr, i_tr), features(u_va, i_va), features(u_te, i_te)
+    if len(np.unique(y_tr)) > 1:
+        for c in (0.03, 0.1, 0.3, 1.0, 3.0):
+            model = LogisticRegression(C=c, max_iter=2000).fit(x_tr, y_tr)
+            score = scores(y_va, model.decision_function(x_va))["auc"]
+            if best is None or (not math.isnan(score) and score > best[0]):
+                best = (score, c, model)
+        out["lr_user_item"] = {**scores(y_te, best[2].decision_function(x_te)), "C": best[1]}
+    else:
+        out["lr_user_item"] = dict(out["item_mean"])
+    return {v: {k: float(x) for k, x in m.items()} for v, m in out.items()}
+
+
+def run_baselines(ctx: Context):
+    s = ctx.settings
+    experiment = "baselines"
+    done = ctx.records.done(experiment)
+    jobs = [("demographics", ctx.data_name(MOVIELENS))] + [("ctr", ctx.data_name(d)) for d in s.ctr_datasets]
+    for task, dataset in jobs:
+        for ratio in s.ratios:
+            for repeat in range(s.repeats):
+                wanted = (("majority", "lr_tfidf", "lr_tfidf_words") if task == "demographics"
+                          else ("item_mean", "lr_user_item", "cosine_tfidf"))
+                missing = tuple(v for v in wanted if (experiment, task, dataset, "-", "-", v, ratio, repeat) not in done)
+                if not missing:
+                    continue
+                start = time.perf_counter()
+                if task == "demographics":
+                    results = demographic_baselines(ctx, dataset, ratio, repeat)
+                else:
+                    results = ctr_baselines(ctx, dataset, ratio, repeat, only=missing if len(missing) == 1 else None)
+                seconds = round(time.perf_counter() - start, 1)
+                for variant, metrics in results.items():
+                    ctx.records.add(experiment, {
+                        "experiment": experiment, "task": task, "dataset": dataset, "preset": "-", "setting": "-",
+                        "variant": variant, "ratio": ratio, "repeat": repeat, "metrics": metrics,
+                        "seconds": seconds,
+                    })
+                log(f"baselines {task} {dataset} ratio={ratio} repeat={repeat}: " + ", ".join(
+                    f"{v} {m.get('accuracy', m.get('auc')):.4f}" for v, m in results.items()))
+
+
+# ------------------------------------------------------------------------------------------------------ experiments
+
+
+def run_table2(ctx):
+    s = ctx.settings
+    for preset in s.demographic_presets:
+        run_grid(ctx, "table2", "demographics", MOVIELENS, preset, "mbp+nbp", {}, tuple(VARIANTS), s.ratios)
+
+
+def run_table3(ctx):
+    s = ctx.settings
+    for dataset in s.ctr_datasets:
+        for preset in s.ctr_presets:
+            run_grid(ctx, "table3", "ctr", dataset, preset, "mbp+nbp", {}, tuple(VARIANTS), s.ratios)
+
+
+ABLATION = {"mbp only": {"use_nbp": False}, "nbp only": {"use_mbp": False}, "mbp+nbp": {}}
+
+
+def run_ablation(ctx):
+    s = ctx.settings
+    ratio = (s.ablation_ratio,)
+    jobs = [("demographics", MOVIELENS, "hsa"), ("ctr", s.ctr_datasets[0], "bert4rec")]
+    if ctx.quick:
+        jobs = [("demographics", MOVIELENS, "hsa"), ("ctr", s.ctr_datasets[0], s.ctr_presets[0])]
+    for task, dataset, preset in [job for job in jobs if job[0] in s.ablation_tasks]:
+        run_grid(ctx, "ablation", task, dataset, preset, "none", {}, ("scratch",), ratio)
+        for name, setting in ABLATION.items():
+            run_grid(ctx, "ablation", task, dataset, preset, name, setting, ("ptum_finetune",), ratio)
+
+
+def run_lambda(ctx):
+    s = ctx.settings
+    for value in s.lambdas:
+        setting = {"nbp_weight": value} if value != 1.0 else {}
+        run_grid(ctx, "lambda", "demographics", MOVIELENS, "hsa", f"lambda={value:g}", setting, ("ptum_finetune",),
+                 (s.ablation_ratio,))
+
+
+def run_k(ctx):
+    s = ctx.settings
+    for value in s.ks:
+        setting = {"num_next": value} if value != 2 else {}
+        run_grid(ctx, "k", "demographics", MOVIELENS, "hsa", f"K={value}", setting, ("ptum_finetune",),
+                 (s.ablation_ratio,))
+
+
+def run_scale(ctx):
+    """Synthetic: every user pre-trains; `scale_labeled` of them carry labels for training."""
+    s = ctx.settings
+    ctx._scale_users = s.scale_users
+    n_train = int(round(0.8 * s.scale_users))
+    fraction = s.scale_labeled / n_train
+    setting = "mbp+nbp"
+    done = ctx.records.done("scale")
+    for repeat in range(s.repeats):
+        if ("scale", "demographics", SYNTHETIC, "-", "-", "lr_tfidf_words", s.scale_labeled, repeat) in done:
+            continue
+        results = demographic_baselines(ctx, SYNTHETIC, s.scale_labeled, repeat, label_fraction=fraction)
+        for variant, metrics in results.items():
+            ctx.records.add("scale", {"experiment": "scale", "task": "demographics", "dataset": SYNTHETIC,
+                                      "preset": "-", "setting": "-", "variant": variant, "ratio": s.scale_labeled,
+                                      "repeat": repeat, "metrics": metrics, "seconds": 0})
+    # The pre-training reads `scale_users` synthetic users; the fine-tune loads the same users.
+    run_grid(ctx, "scale", "demographics", SYNTHETIC, "hsa", setting, {}, tuple(VARIANTS), (s.scale_labeled,),
+             num_users=s.scale_users, max_steps=s.scale_pretrain_steps, label_fraction_of=lambda _: fraction)
+
+
+def user_vectors(model_dir: Path, data, random_init: bool = False) -> np.ndarray:
+    """Every user's vector from a pre-trained PTUM model (or the same architecture, random weights), in the order of
+    `data.users`, with the library's embedding path (each behavior encoded once)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from . import PTUMConfig, PTUMModel
+    from .data import BehaviorTokenCache
+    from .embedding import iter_user_embeddings
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if random_init:
+        torch.manual_seed(0)
+        model = PTUMModel(PTUMConfig.from_pretrained(str(model_dir)))
+    else:
+        model = PTUMModel.from_pretrained(str(model_dir))
+    cache = BehaviorTokenCache.build(data.behaviors, tokenizer, model.config.max_tokens_per_behavior)
+    return np.concatenate([vectors for _, vectors in iter_user_embeddings(model, data, cache)])
+
+
+def probe_scores(vectors: np.ndarray, data, ratio: float, repeat: int) -> dict:
+    """LR (C on the validation users by macro-F1) on fixed user vectors, on the user models' split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    from .finetuning import FinetuneArguments, demographics_splits
+
+    index = {user: row for row, user in enumerate(data.users["user_id"])}
+    parts = demographics_splits(data, FinetuneArguments(label_fraction=ratio, split_seed=repeat))
+    x = [vectors[[index[u] for u in part["user_id"]]] for part in parts]
+    scaler = StandardScaler().fit(x[0])
+    x = [scaler.transform(v) for v in x]
+    out = {}
+    for head in ("age", "gender"):
+        y = [np.asarray(part[head], dtype=float) for part in parts]
+        keep = [~np.isnan(v) for v in y]
+        y = [v[k].astype(int) for v, k in zip(y, keep)]
+        xs = [v[k] for v, k in zip(x, keep)]
+        best = None
+        for c in (0.001, 0.01, 0.1, 1.0, 10.0):
+            model = LogisticRegression(C=c, max_iter=3000).fit(xs[0], y[0])
+            score = f1_score(y[1], model.predict(xs[1]), average="macro")
+            if best is None or score > best[0]:
+                best = (score, c, model)
+        prediction = best[2].predict(xs[2])
+        out[f"{head}_accuracy"] = accuracy_score(y[2], prediction)
+        out[f"{head}_macro_f1"] = f1_score(y[2], prediction, average="macro")
+        if head == "gender" and len(np.unique(y[2])) > 1:
+            out["gender_auc"] = roc_auc_score(y[2], best[2].predict_proba(xs[2])[:, 1])
+    out["accuracy"] = float(np.mean([out["age_accuracy"], out["gender_accuracy"]]))
+    out["macro_f1"] = float(np.mean([out["age_macro_f1"], out["gender_macro_f1"]]))
+    return {k: float(v) for k, v in out.items()}
+
+
+def run_probe(ctx):
+    """Is the pre-trained user vector informative? LR on frozen vectors of the HSA model pre-trained for table2 vs the
+    same architecture with random weights, on the same splits as the baselines."""
+    s = ctx.settings
+    dataset = ctx.data_name(MOVIELENS)
+    label = s.model_label("hsa")
+    done = ctx.records.done("probe")
+    if all(("probe", "demographics", dataset, label, "mbp+nbp", v, r, k) in done for v in ("probe_ptum", "probe_random")
+           for r in s.ratios for k in range(s.repeats)):
+        return
+    model_dir = pretrain_model(ctx, dataset, "hsa", {})
+    data = ctx.data(dataset)
+    for variant, random_init in (("probe_ptum", False), ("probe_random", True)):
+        with quiet():
+            vectors = user_vectors(model_dir, data, random_init)
+        for ratio in s.ratios:
+            for repeat in range(s.repeats):
+                if ("probe", "demographics", dataset, label, "mbp+nbp", variant, ratio, repeat) in done:
+                    continue
+                metrics = probe_scores(vectors, data, ratio, repeat)
+                ctx.records.add("probe", {"experiment": "probe", "task": "demographics", "dataset": dataset,
+                                          "preset": label, "setting": "mbp+nbp", "variant": variant, "ratio": ratio,
+                                          "repeat": repeat, "metrics": metrics, "seconds": 0, "size": s.size})
+                log(f"probe {label} {variant} ratio={ratio} repeat={repeat}: accuracy={metrics['accuracy']:.4f}")
+
+
+RUNNERS = {"baselines": run_baselines, "table2": run_table2, "table3": run_table3, "ablation": run_ablation,
+           "lambda": run_lambda, "k": run_k, "scale": run_scale, "probe": run_probe}
+
+
+# ------------------------------------------------------------------------------------------------------------ tables
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+
+
+def mean_std(values) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def paired(a: dict, b: dict, metric: str) -> str:
+    """Mean ± std of a - b over the repeats both have, and how many are > 0."""
+    common = sorted(set(a) & set(b))
+    diffs = [a[r][metric] - b[r][metric] for r in common
+             if metric in a[r] and metric in b[r] and not math.isnan(a[r][metric]) and not math.isnan(b[r][metric])]
+    if not diffs:
+        return "n/a"
+    positive = sum(d > 0 for d in diffs)
+    spread = f" ± {np.std(diffs, ddof=1):.3f}" if len(diffs) > 1 else ""
+    return f"{np.mean(diffs):+.3f}{spread} ({positive}/{len(diffs)} > 0)"
+
+
+def group(records):
+    """{(task, dataset, preset, setting, ratio): {variant: {repeat: metrics}}}."""
+    out = {}
+    for r in records:
+        cell = out.setdefault((r["task"], r["dataset"], r["preset"], r["setting"], r["ratio"]), {})
+        cell.setdefault(r["variant"], {})[r["repeat"]] = r["metrics"]
+    return out
+
+
+def baseline_cells(ctx):
+    return group(ctx.records.load("baselines"))
+
+
+def ratio_label(ratio) -> str:
+    return f"{ratio:.0%}" if isinstance(ratio, float) and ratio <= 1.0 else f"{ratio} users"
+
+
+def variant_table(cells, metrics, baselines=None, include_setting=False) -> list[str]:
+    """Rows: (dataset, preset, [setting], ratio, variant, n, metrics...)."""
+    head = ["dataset", "model"] + (["setting"] if include_setting else []) + ["labels", "variant", "n"] + list(metrics)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (task, dataset, preset, setting, ratio), variants in sorted(cells.items(), key=lambda kv: str(kv[0])):
+        rows = dict(variants)
+        if baselines is not None:
+            for (b_task, b_dataset, _, _, b_ratio), b_variants in baselines.items():
+                if (b_task, b_dataset, b_ratio) == (task, dataset, ratio):
+                    rows.update(b_variants)
+        for variant, by_repeat in rows.items():
+            values = [mean_std([m.get(metric, math.nan) for m in by_repeat.values()]) for metric in metrics]
+            cells_ = [dataset, preset] + ([setting] if include_setting else []) + [
+                ratio_label(ratio), VARIANT_NAMES.get(variant, variant), str(len(by_repeat))]
+            lines.append("| " + " | ".join(cells_ + values) + " |")
+    return lines
+
+
+def paired_table(cells, metrics, comparisons, baselines=None) -> list[str]:
+    head = ["dataset", "model", "labels", "comparison"] + list(metrics)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (task, dataset, preset, setting, ratio), variants in sorted(cells.items(), key=lambda kv: str(kv[0])):
+        rows = dict(variants)
+        if baselines is not None:
+            for (b_task, b_dataset, _, _, b_ratio), b_variants in baselines.items():
+                if (b_task, b_dataset, b_ratio) == (task, dataset, ratio):
+                    rows.update(b_variants)
+        for a, b in comparisons:
+            if a in rows and b in rows:
+                label = f"{VARIANT_NAMES[a]} − {VARIANT_NAMES[b]}"
+                lines.append("| " + " | ".join([dataset, preset, ratio_label(ratio), label] + [
+                    paired(rows[a], rows[b], m) for m in metrics]) + " |")
+    return lines
+
+
+PROBE_COMPARISONS = [("probe_ptum", "probe_random"), ("probe_ptum", "lr_tfidf")]
+DEMOGRAPHIC_COMPARISONS = [("ptum_finetune", "scratch"), ("ptum_frozen", "scratch"), ("ptum_finetune", "lr_tfidf"),
+                           ("scratch", "lr_tfidf")]
+CTR_COMPARISONS = [("ptum_finetune", "scratch"), ("ptum_frozen", "scratch"), ("ptum_finetune", "lr_user_item"),
+                   ("ptum_finetune", "item_mean")]
+
+
+def write_tables(ctx: Context, header: str):
+    out = ctx.output_dir
+    base = baseline_cells(ctx)
+    notes = ("Mean ± sample std over the repeats (n); repeat r = split seed r. Paired differences: per split, "
+             "then mean ± std and the number of splits where it is > 0.")
+    sections = {}
+    b_demo = {k: v for k, v in base.items() if k[0] == "demographics"}
+    b_ctr = {k: v for k, v in base.items() if k[0] == "ctr"}
+    if base:
+        sections["baselines"] = ["## Baselines on the user models' splits", "", notes, "", "### Demographics", ""] + \
+            variant_table(b_demo, DEMOGRAPHIC_METRICS) + ["", "### CTR", ""] + variant_table(b_ctr, CTR_METRICS)
+    for name, title, metrics, comparisons in (
+        ("table2", "Table 2 analogue: demographics", DEMOGRAPHIC_METRICS, DEMOGRAPHIC_COMPARISONS),
+        ("table3", "Table 3 analogue: CTR", CTR_METRICS, CTR_COMPARISONS),
+    ):
+        cells = group(ctx.records.load(name))
+        if cells:
+            b = b_demo if name == "table2" else b_ctr
+            sections[name] = [f"## {title}", "", notes, ""] + variant_table(cells, metrics, b) + [
+                "", "### Paired differences", ""] + paired_table(cells, metrics, comparisons, b)
+    for name, title in (("ablation", "Fig. 3 analogue: pre-training tasks"), ("lambda", "Fig. 4 analogue: lambda"),
+                        ("k", "Fig. 5 analogue: K")):
+        cells = group(ctx.records.load(name))
+        if not cells:
+            continue
+        lines = [f"## {title}", "", notes, ""]
+        for task, metrics in (("demographics", DEMOGRAPHIC_METRICS), ("ctr", CTR_METRICS)):
+            part = {k: v for k, v in cells.items() if k[0] == task}
+            if part:
+                lines += variant_table(part, metrics, include_setting=True) + [""]
+                if name == "ablation":
+                    lines += ablation_paired(part, metrics) + [""]
+        sections[name] = lines
+    cells = group(ctx.records.load("probe"))
+    if cells:
+        sections["probe"] = ["## Linear probe: LR on frozen user vectors", "", notes, ""] + variant_table(
+            cells, DEMOGRAPHIC_METRICS, b_demo) + ["", "### Paired differences", ""] + paired_table(
+            cells, DEMOGRAPHIC_METRICS, PROBE_COMPARISONS, b_demo)
+    cells = group(ctx.records.load("scale"))
+    if cells:
+        sections["scale"] = ["## Synthetic at scale", "", notes, ""] + variant_table(cells, DEMOGRAPHIC_METRICS) + [
+            "", "### Paired differences", ""] + paired_table(cells, DEMOGRAPHIC_METRICS, DEMOGRAPHIC_COMPARISONS)
+    for name, lines in sections.items():
+        atomic_text(out / f"{name}.md", header + "\n".join(lines) + "\n")
+    return sections
+
+
+def ablation_paired(cells, metrics) -> list[str]:
+    """Each pre-training setting's PTUM finetune minus the from-scratch run (setting `none`) on the same splits."""
+    lines = ["| dataset | model | labels | setting − none | " + " | ".join(metrics) + " |",
+             "|" + "---|" * (4 + len(metrics))]
+    for (task, dataset, preset, setting, ratio), variants in sorted(cells.items(), key=lambda kv: str(kv[0])):
+        if setting == "none" or "ptum_finetune" not in variants:
+            continue
+        none = cells.get((task, dataset, preset, "none", ratio), {}).get("scratch")
+        if none:
+            lines.append("| " + " | ".join([dataset, preset, ratio_label(ratio), setting] + [
+                paired(variants["ptum_finetune"], none, m) for m in metrics]) + " |")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------------------- plots
+
+
+def write_plots(ctx: Context) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    base = baseline_cells(ctx)
+
+    def save(fig, name):
+        path = ctx.output_dir / name
+        tmp = path.with_name(f".tmp-{path.name}")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, path)
+        written.append(path)
+
+    def series(by_repeat, metric):
+        values = [m.get(metric, math.nan) for m in by_repeat.values()]
+        values = [v for v in values if not math.isnan(v)]
+        return (np.mean(values), np.std(values, ddof=1) if len(values) > 1 else 0.0) if values else (math.nan, 0.0)
+
+    for name, metrics, task in (("table2", ("age_accuracy", "gender_accuracy", "gender_auc"), "demographics"),
+                                ("table3", ("auc",), "ctr")):
+        cells = group(ctx.records.load(name))
+        if not cells:
+            continue
+        panels = sorted({(c[1], c[2]) for c in cells})
+        fig, axes = plt.subplots(len(metrics), len(panels), figsize=(4.6 * len(panels), 3.6 * len(metrics)),
+                                 squeeze=False)
+        for column, (dataset, preset) in enumerate(panels):
+            for row, metric in enumerate(metrics):
+                ax = axes[row][column]
+                ratios = sorted({c[4] for c in cells if c[1:3] == (dataset, preset)})
+                variant_rows = {}
+                for ratio in ratios:
+                    cell = cells[(task, dataset, preset, "mbp+nbp", ratio)]
+                    for (b_task, b_dataset, _, _, b_ratio), b_variants in base.items():
+                        if (b_task, b_dataset, b_ratio) == (task, dataset, ratio):
+                            cell = {**cell, **b_variants}
+                    for variant, by_repeat in cell.items():
+                        if variant == "item_mean" and task == "demographics":
+                            continue
+                        variant_rows.setdefault(variant, []).append((ratio, *series(by_repeat, metric)))
+                for variant, points in variant_rows.items():
+                    x, y, e = zip(*points)
+                    style = "--" if variant in BASELINE_VARIANTS else "-"
+                    ax.errorbar(x, y, yerr=e, marker="o", linestyle=style, capsize=3,
+                                label=VARIANT_NAMES.get(variant, variant))
+                ax.set_title(f"{preset}, {dataset}", fontsize=9)
+                ax.set_xlabel("share of labeled training users")
+                ax.set_ylabel(metric)
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        save(fig, f"{name}.png")
+
+    for name, xlabel in (("ablation", "pre-training tasks"), ("lambda", "lambda (NBP weight)"), ("k", "K")):
+        cells = group(ctx.records.load(name))
+        if not cells:
+            continue
+        models = sorted({(c[0], c[1], c[2]) for c in cells})
+        fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.4), squeeze=False)
+        for ax, (task, dataset, preset) in zip(axes[0], models):
+            metrics = ("age_accuracy", "gender_accuracy") if task == "demographics" else ("auc",)
+            part = {c: v for c, v in cells.items() if c[:3] == (task, dataset, preset)}
+            order = {"none": 0, "mbp only": 1, "nbp only": 2, "mbp+nbp": 3}
+            keys = sorted(part, key=lambda c: order.get(c[3], 0) if name == "ablation"
+                          else float(c[3].split("=")[1]))
+            labels = [c[3] for c in keys]
+            for offset, metric in enumerate(metrics):
+                points = [series(next(iter(part[c].values())), metric) for c in keys]
+                y, e = zip(*points)
+                if name == "ablation":
+                    x = np.arange(len(keys)) + 0.35 * (offset - (len(metrics) - 1) / 2)
+                    ax.bar(x, y, width=0.35, yerr=e, capsize=3, label=metric)
+                    ax.set_xticks(np.arange(len(keys)), labels, rotation=15)
+                else:
+                    x = [float(label.split("=")[1]) for label in labels]
+                    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=metric)
+            if name == "ablation":
+                lows = [v for c in keys for v in [series(next(iter(part[c].values())), m)[0] for m in metrics]]
+                lows = [v for v in lows if not math.isnan(v)]
+                if lows:
+                    ax.set_ylim(max(0.0, min(lows) - 0.1), min(1.0, max(lows) + 0.05))
+            ax.set_title(f"{preset}, {dataset}, {ratio_label(keys[0][4])} labels", fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        save(fig, f"{name}.png")
+    return written
+
+
+# --------------------------------------------------------------------------------------------------------- utilities
+
+
+def atomic_text(path: Path, text: str):
+    from .training_utils import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def atomic_json(path: Path, value):
+    atomic_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence transformers/accelerate chatter and progress bars during the many runs (errors still raise)."""
+    import transformers
+
+    old = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        transformers.logging.set_verbosity(old)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_header(ctx: Context, argv) -> str:
+    from . import __version__
+
+    return (f"<!-- generated by ptum_hf.reproduce; do not edit -->\n"
+            f"Rebuilt from `raw/*.jsonl` by `ptum-hf reproduce {' '.join(argv)}` · ptum-hf {__version__} · "
+            f"git {git_commit()[:12]}{' · QUICK (tiny model, synthetic data in place of MovieLens)' if ctx.quick else ''}"
+            f". The invocations that produced the records (arguments, seeds, model size) are in `runs.jsonl`.\n\n")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    settings = build_settings(args)
+    experiments = [e.strip() for e in args.experiments.split(",") if e.strip() and e.strip() != "none"]
+    unknown = [e for e in experiments if e not in EXPERIMENTS]
+    if unknown:
+        raise SystemExit(f"unknown experiment(s) {unknown}; allowed: {', '.join(EXPERIMENTS)}")
+    import torch
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    output_dir = Path(args.output_dir)
+    work_dir = Path(args.work_dir) if args.work_dir else (output_dir / ".work" if args.quick
+                                                           else Path("outputs/reproduce"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(settings, output_dir, work_dir, args.quick)
+    ctx._scale_users = settings.scale_users
+    start = time.perf_counter()
+    from . import __version__
+
+    run_info = {"argv": argv, "version": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+                "torch": torch.__version__, "threads": torch.get_num_threads(), "settings": asdict(settings),
+                "model_overrides": settings.model_overrides, "experiments": experiments, "quick": args.quick,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    header = run_header(ctx, argv)
+    if not experiments:  # `--experiments none`: only rebuild the tables and plots from the records
+        write_tables(ctx, header)
+        write_plots(ctx)
+    for experiment in experiments:
+        log(f"experiment {experiment}")
+        t = time.perf_counter()
+        RUNNERS[experiment](ctx)
+        ctx.timings[f"experiment {experiment}"] = round(time.perf_counter() - t, 1)
+        write_tables(ctx, header)
+        write_plots(ctx)
+    run_info["seconds"] = round(time.perf_counter() - start, 1)
+    run_info["timings"] = ctx.timings
+    run_info["pretraining"] = pretraining_summary(ctx)
+    runs_file = output_dir / "runs.jsonl"
+    with open(runs_file, "a") as handle:  # one line per invocation: the exact commands behind the records
+        handle.write(json.dumps(run_info, default=str) + "\n")
+    log(f"done in {run_info['seconds']:.0f}s; tables and plots in {output_dir}")
+    return run_info
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""`ptum-hf reproduce --quick`: every experiment runs end to end on tiny settings and writes its tables and plots.
+
+No figures are checked (they are noise at this size), only that the files exist, the tables have the expected
+rows and columns, and a second invocation reuses the recorded runs instead of training again.
+"""
+
+import json
+
+import pytest
+import torch
+
+from ptum_hf.reproduce import EXPERIMENTS, main, parse_args, build_settings
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Body rows of every Markdown table in `text` (header and separator rows dropped)."""
+    lines = text.splitlines() + [""]
+    separator = lambda line: line.startswith("|") and set(line) <= set("|-")  # noqa: E731
+    return [[c.strip() for c in line.strip("|").split("|")] for line, following in zip(lines, lines[1:])
+            if line.startswith("|") and not separator(line) and not separator(following)]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("reproduce")
+    info = main(["--quick", "--output_dir", str(out), "--num_threads", "1"])
+    return out, info
+
+
+def test_quick_writes_every_table_and_plot(quick_run):
+    out, info = quick_run
+    for name in ("baselines", "table2", "table3", "ablation", "lambda", "k", "scale", "probe"):
+        text = (out / f"{name}.md").read_text()
+        assert "by `ptum-hf reproduce --quick" in text and "runs.jsonl" in text and "QUICK" in text
+    for name in ("table2", "table3", "ablation", "lambda", "k"):
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+    assert not list(out.glob(".tmp-*")), "a temporary file was left behind"
+    run = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
+    assert run["quick"] and run["experiments"] == list(EXPERIMENTS) and run["git_commit"]
+    assert info["seconds"] > 0
+
+
+def test_table_structure(quick_run):
+    out, _ = quick_run
+    table2 = (out / "table2.md").read_text()
+    assert "| dataset | model | labels | variant | n | age_accuracy | age_macro_f1 | gender_accuracy |" in table2
+    variants = {row[3] for row in table_rows(table2.split("### Paired")[0])}
+    assert {"from scratch", "PTUM no finetune", "PTUM finetune", "majority class",
+            "LR, TF-IDF bag-of-items"} <= variants
+    paired = table_rows(table2.split("### Paired")[1])
+    comparisons = {row[3] for row in paired}
+    assert "PTUM finetune − from scratch" in comparisons and "PTUM finetune − LR, TF-IDF bag-of-items" in comparisons
+    for row in paired:  # "+0.012 (1/1 > 0)" style: a signed mean and a count of positive splits
+        for cell in row[4:]:
+            assert cell == "n/a" or ("/1 > 0)" in cell and cell[0] in "+-")
+    table3 = (out / "table3.md").read_text()
+    assert "| auc | ap |" in table3
+    assert {"item mean click rate", "LR, user + item one-hot"} <= {r[3] for r in table_rows(table3)}
+    ablation = (out / "ablation.md").read_text()
+    settings = {row[2] for row in table_rows(ablation) if len(row) > 5}
+    assert {"none", "mbp only", "nbp only", "mbp+nbp"} <= settings
+    assert {"lambda=0", "lambda=1"} <= {row[2] for row in table_rows((out / "lambda.md").read_text())}
+    assert {"K=1", "K=2"} <= {row[2] for row in table_rows((out / "k.md").read_text())}
+    assert "4 users" in (out / "scale.md").read_text()
+
+
+def test_records_are_reused(quick_run):
+    out, _ = quick_run
+    before = (out / "raw" / "table2.jsonl").read_text()
+    records = [json.loads(line) for line in before.splitlines()]
+    assert {r["variant"] for r in records} == {"scratch", "ptum_frozen", "ptum_finetune"}
+    assert all(0.0 <= r["metrics"]["age_accuracy"] <= 1.0 for r in records)
+    info = main(["--quick", "--output_dir", str(out), "--experiments", "table2", "--num_threads", "1"])
+    assert (out / "raw" / "table2.jsonl").read_text() == before  # nothing trained again
+    assert info["seconds"] < 60
+
+
+def test_arguments_are_checked():
+    with pytest.raises(SystemExit):
+        build_settings(parse_args(["--ratios", "0,1"]))
+    with pytest.raises(SystemExit):
+        build_settings(parse_args(["--presets", "nope"]))
+    with pytest.raises(SystemExit):
+        main(["--quick", "--experiments", "table9"])
+    settings = build_settings(parse_args(["--presets", "hsa,bert4rec", "--ratios", "0.2,1.0", "--repeats", "3"]))
+    assert settings.demographic_presets == ("hsa",) and settings.ctr_presets == ("bert4rec",)
+    assert settings.ratios == (0.2, 1.0) and settings.repeats == 3
