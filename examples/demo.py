@@ -29,7 +29,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--num_users", type=int, default=3000)
-    parser.add_argument("--pretrain_epochs", type=int, default=6)
+    parser.add_argument("--pretrain_epochs", type=int, default=4)
     parser.add_argument("--finetune_epochs", type=int, default=5)
     parser.add_argument("--label_fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
