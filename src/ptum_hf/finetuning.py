@@ -66,7 +66,7 @@ def default_training_arguments(output_dir: str, task: str, **overrides) -> Train
         per_device_eval_batch_size=128, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
         load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=True, report_to="none",
         remove_unused_columns=False, logging_steps=20, seed=0, data_seed=0,
-        dataloader_num_workers=0, disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
     )
     values.update(overrides)
     return TrainingArguments(**values)
