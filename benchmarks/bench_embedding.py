@@ -1,0 +1,129 @@
+"""Embedding throughput of `ptum-hf embed` (`ptum_hf.embedding.write_user_embeddings`) on MovieLens-100K, with and
+without the cached behavior vectors, timed alternately in one process.
+
+    python benchmarks/bench_embedding.py                 # MovieLens-100K, 3 rounds
+    python benchmarks/bench_embedding.py --rounds 5 --batch-size 256
+
+With the cache every behavior of the vocabulary is encoded once and each batch only runs the user encoder; without
+it each batch encodes its own unique behaviors (the collator's table) and then runs the user encoder. Besides users/s
+the benchmark reports where the work is: how many behavior encodings each path does, and the model FLOPs
+(torch.utils.flop_counter) of the behavior table and of the user encoder, which both paths share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=["movielens", "synthetic"], default="movielens")
+    ap.add_argument("--users", type=int, default=2000, help="users of the synthetic corpus")
+    ap.add_argument("--batch-size", type=int, default=256, help="users per batch (EmbedArguments' default)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import bench_pretraining
+    from ptum_hf import PTUMConfig, PTUMModel
+    from ptum_hf.data import DemographicsCollator, load_behavior_dataset, train_behavior_tokenizer
+    from ptum_hf.embedding import encode_behavior_table, global_histories, write_user_embeddings
+
+    bench_pretraining.register_cpu_attention_flops()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    if a.data == "movielens":
+        data = load_behavior_dataset("movielens-100k")
+    else:
+        data = load_behavior_dataset("synthetic", num_users=a.users, seed=0)
+    tokenizer = train_behavior_tokenizer(data.behaviors, vocab_size=8000)
+    config = PTUMConfig.from_preset("hsa", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                    label_heads=data.label_heads or None)
+    model = PTUMModel(config).eval()
+    collator = DemographicsCollator.from_dataset(data, tokenizer, max_tokens=config.max_tokens_per_behavior,
+                                                 max_behaviors=config.max_behaviors)
+    users = len(data.users)
+
+    times = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds + 1):  # round 0 warms up both paths
+            for use_cache in ((True, False) if r % 2 else (False, True)):
+                start = time.perf_counter()
+                write_user_embeddings(model, data, collator, Path(tmp) / "users.parquet", batch_size=a.batch_size,
+                                      use_cache=use_cache)
+                if r:
+                    times[use_cache].append(time.perf_counter() - start)
+
+    # Where the work is: behavior encodings per path, and FLOPs of the table and of the user encoder.
+    encodings_uncached = 0
+    for start in range(0, users, a.batch_size):
+        features = list(data.users.select(range(start, min(start + a.batch_size, users))))
+        encodings_uncached += int(collator(features)["behavior_input_ids"].shape[0])
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc_table:
+        start = time.perf_counter()
+        table = encode_behavior_table(model, collator.token_cache)
+        table_s = time.perf_counter() - start
+    user_flops, user_s = 0, 0.0
+    with torch.inference_mode():
+        for start in range(0, users, a.batch_size):
+            features = list(data.users.select(range(start, min(start + a.batch_size, users))))
+            history, gaps = global_histories(features, config.max_behaviors)
+            with FlopCounterMode(display=False) as fc:
+                t = time.perf_counter()
+                model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
+                user_s += time.perf_counter() - t
+            user_flops += fc.get_total_flops()
+
+    cached_s, uncached_s = float(np.median(times[True])), float(np.median(times[False]))
+    ratios = [u / c for c, u in zip(times[True], times[False])]
+    res = {"machine": C.machine(), "data": a.data, "users": users, "behaviors": len(data.behaviors),
+           "batch_size": a.batch_size, "rounds": a.rounds,
+           "users_per_s_cached": round(users / cached_s, 1), "users_per_s_uncached": round(users / uncached_s, 1),
+           "speedup_cache": round(float(np.median(ratios)), 2),
+           "behavior_encodings_cached": len(data.behaviors), "behavior_encodings_uncached": encodings_uncached,
+           "table_gflops": round(fc_table.get_total_flops() / 1e9, 2), "table_s": round(table_s, 3),
+           "user_encoder_gflops": round(user_flops / 1e9, 2), "user_encoder_s": round(user_s, 3)}
+    # Upper bound of the cache's speedup if nothing but the behavior encoder differed: the user encoder's share is
+    # paid by both paths.
+    table_per_encoding = res["table_gflops"] / max(len(data.behaviors), 1)
+    res["speedup_bound_from_flops"] = round(
+        (encodings_uncached * table_per_encoding + res["user_encoder_gflops"])
+        / (res["table_gflops"] + res["user_encoder_gflops"]), 2)
+    print(json.dumps(res, separators=(",", ":")))
+    write_results(a, res)
+
+
+def write_results(a, res):
+    command = "python benchmarks/bench_embedding.py " + " ".join(sys.argv[1:])
+    m = res["machine"]
+    lines = [f"Command: `{command}`", "",
+             f"Machine: {m['cpu']} ({'/'.join(m['simd'])}), {m['cpus']} CPUs, torch {m['torch']}, {a.threads} "
+             f"threads. `write_user_embeddings` on {res['data']} ({res['users']} users, {res['behaviors']} distinct "
+             f"behaviors), batch size {res['batch_size']}, hsa preset (random weights: speed does not depend on "
+             f"them), median of {res['rounds']} alternating rounds.", "",
+             "| | with behavior cache | without |", "|---|---|---|",
+             f"| users/s | {res['users_per_s_cached']} | {res['users_per_s_uncached']} |",
+             f"| behavior encodings | {res['behavior_encodings_cached']} | {res['behavior_encodings_uncached']} |",
+             "", f"Cache speedup: **{res['speedup_cache']}x** (target: >= 20x).", "",
+             f"Where the time goes: encoding the whole behavior table takes {res['table_s']} s "
+             f"({res['table_gflops']} GFLOP); the user encoder over all users takes {res['user_encoder_s']} s "
+             f"({res['user_encoder_gflops']} GFLOP) and is the same work with or without the cache. From FLOPs alone the "
+             f"cache can at most give {res['speedup_bound_from_flops']}x here."]
+    C.write_section(f"embedding-{a.data}", f"Embedding throughput: {a.data}", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
