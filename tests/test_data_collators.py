@@ -319,16 +319,14 @@ def test_trainer_accepts_the_collator(synthetic, tmp_path):
     assert trainer.train().global_step == 2
 
 
-def test_throughput_smoke(synthetic):
+def test_collates_many_batches_in_a_row(synthetic):
+    # Speed is measured in benchmarks/, not here: this only checks repeated calls keep the layout valid.
     data, tokenizer, cache = synthetic
     collator = PretrainingCollator.from_dataset(data, tokenizer, token_cache=cache, seed=0)
     rows = data.users.select(range(256)).to_list()
-    import time
-
-    start = time.perf_counter()
     for i in range(0, 256, 64):
-        collator(rows[i:i + 64])
-    assert 256 / (time.perf_counter() - start) > 500  # measured ~10,000 users/s; loose for shared CI machines
+        batch = collator(rows[i:i + 64])
+        assert batch["mbp_candidate_indices"].max() < batch["behavior_input_ids"].shape[0]
 
 
 def test_user_sequences_roundtrip(synthetic):
