@@ -122,6 +122,36 @@ def load_corpus(name: str, users: int, seed: int = 0):
     return data, tokenizer, records, word_dict
 
 
+def save_corpus(name: str, users: int, seed: int, folder) -> Path:
+    """Build a corpus once (in the parent process) and save ptum-hf's side of it: the users table (Arrow), the
+    behavior texts and the tokenizer. ptum-hf children then read it memory-mapped, as a real run reads its data,
+    instead of holding the reference's Python records; reference children still build their records in-process."""
+    folder = Path(folder) / f"{name}-{users}-{seed}"
+    if not (folder / "done").exists():
+        data, tokenizer, _, _ = load_corpus(name, users, seed)
+        data.users.save_to_disk(str(folder / "users"))
+        (folder / "behaviors.json").write_text(json.dumps(data.behaviors))
+        tokenizer.save_pretrained(str(folder / "tokenizer"))
+        (folder / "done").write_text("")
+    return folder
+
+
+def load_saved_corpus(folder):
+    """(dataset, tokenizer) saved by `save_corpus`."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from ptum_hf.data.dataset import BehaviorDataset
+    from ptum_hf.data.report import IngestReport
+
+    folder = Path(folder)
+    users = datasets.load_from_disk(str(folder / "users"))
+    behaviors = json.loads((folder / "behaviors.json").read_text())
+    report = IngestReport(files=[str(folder)], users_read=len(users), users_kept=len(users))
+    return BehaviorDataset(users=users, behaviors=behaviors, report=report), AutoTokenizer.from_pretrained(
+        str(folder / "tokenizer"))
+
+
 # ----------------------------------------------------------------------------- measurements
 
 

@@ -32,6 +32,14 @@ import _common as C  # noqa: E402
 BATCH_USERS = 32  # the reference's batch: 32 users = 32 MBP + 32 NBP samples
 
 
+def reference_batches(R, batch_users, userbehavior, keys, word_dict):
+    """bench.epochs with a batch size: the reference's generator, restarted each epoch as Keras' fit_generator."""
+    while True:
+        gen = R.batchgenerator(batch_users, userbehavior, keys, word_dict, return_users=True)
+        for _ in range(len(keys) // batch_users):
+            yield next(gen)
+
+
 # ----------------------------------------------------------------------------- children
 
 
@@ -45,7 +53,15 @@ def child_reference(a) -> dict:
     torch.set_num_threads(a.threads)
     random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)
     amp = torch.bfloat16 if a.dtype == "bfloat16" else None
-    _, _, records, word_dict = C.load_corpus(a.data, a.users, a.seed)
+    if a.data == "reference":  # bench.py's own corpus, generated in-process as bench.py does
+        _, _, records, word_dict = C.load_corpus(a.data, a.users, a.seed)
+    else:  # the same users and token ids as the ptum-hf child
+        from ptum_hf.data import BehaviorTokenCache
+
+        data, tokenizer = C.load_saved_corpus(a.corpus_dir)
+        cache = BehaviorTokenCache.build(data.behaviors, tokenizer, 30)
+        records, word_dict = C.dataset_to_records(data, tokenizer, cache)
+        del data, cache
     userbehavior = R.build_userbehavior(records)
     del records
     keys = list(userbehavior.keys())
@@ -53,7 +69,7 @@ def child_reference(a) -> dict:
     model = R.PTUM(len(word_dict))
     opt = R.make_optimizer(model)
     model.train()
-    gen = bench.epochs(userbehavior, keys, word_dict)
+    gen = reference_batches(R, a.batch_users, userbehavior, keys, word_dict)
     t_data, t_step, n_beh = [], [], 0
     for s in range(a.warmup + a.steps):
         t0 = time.perf_counter()
@@ -65,7 +81,7 @@ def child_reference(a) -> dict:
         if s >= a.warmup:
             t_data.append(t1 - t0)
             t_step.append(t2 - t0)
-            n_beh += int((batch[0][2][:BATCH_USERS] > 0).sum())
+            n_beh += int((batch[0][2][:a.batch_users] > 0).sum())
     x, y, w = R.to_torch(next(gen))
     with FlopCounterMode(display=False) as fc:
         R.forward_loss(model, x, y, w, amp).backward()
@@ -88,15 +104,17 @@ def child_ours(a) -> dict:
     register_cpu_attention_flops()
     torch.set_num_threads(a.threads)
     random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)
-    data, tokenizer, _, _ = C.load_corpus(a.data, a.users, a.seed)
+    data, tokenizer = C.load_saved_corpus(a.corpus_dir)
     config = PTUMConfig.from_preset("hsa", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     collator = SeededCollator(pretraining_collator(data, tokenizer, config, seed=a.seed), a.seed)
-    loader = DataLoader(UserRows(data.users), batch_size=BATCH_USERS, shuffle=True, drop_last=True,
+    loader = DataLoader(UserRows(data.users), batch_size=a.batch_users, shuffle=True, drop_last=True,
                         collate_fn=collator, num_workers=a.num_workers, persistent_workers=a.num_workers > 0,
                         generator=torch.Generator().manual_seed(a.seed))
     model = PTUMForPretraining(config)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if a.fused_adam else {}))
+    if a.gradient_checkpointing:
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if a.adam == "fused" else {}))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bfloat16")
 
     def batches():
@@ -127,7 +145,7 @@ def child_ours(a) -> dict:
             out = model(**batch)
         out.loss.backward()
     optimizer.zero_grad()
-    extra = {"num_workers": a.num_workers, "fused_adam": a.fused_adam,
+    extra = {"num_workers": a.num_workers, "adam": a.adam, "gradient_checkpointing": a.gradient_checkpointing,
              "unique_behaviors_per_batch": int(batch["behavior_input_ids"].shape[0]),
              "tokens_per_batch": int(batch["behavior_attention_mask"].sum()),
              "thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0")}
@@ -155,13 +173,13 @@ def summarize(a, impl, t_data, t_step, n_beh, flops, extra) -> dict:
 
     total = float(np.sum(t_step))
     step_s = total / len(t_step)
-    res = {"impl": impl, "data": a.data, "dtype": a.dtype, "users": a.users, "batch_users": BATCH_USERS,
+    res = {"impl": impl, "data": a.data, "dtype": a.dtype, "users": a.users, "batch_users": a.batch_users,
            "steps": a.steps, "threads": a.threads,
            "step_s": round(step_s, 4), "step_s_median": round(float(np.median(t_step)), 4),
-           "users_per_s": round(BATCH_USERS * len(t_step) / total, 3), "behaviors_per_s": round(n_beh / total, 1),
-           "behaviors_per_user": round(n_beh / (BATCH_USERS * len(t_step)), 2),
+           "users_per_s": round(a.batch_users * len(t_step) / total, 3), "behaviors_per_s": round(n_beh / total, 1),
+           "behaviors_per_user": round(n_beh / (a.batch_users * len(t_step)), 2),
            "data_wait_share": round(float(np.sum(t_data)) / total, 4),
-           "gflops_per_user": round(flops / BATCH_USERS / 1e9, 3), "gflops_achieved": round(flops / step_s / 1e9, 2),
+           "gflops_per_user": round(flops / a.batch_users / 1e9, 3), "gflops_achieved": round(flops / step_s / 1e9, 2),
            "peak_rss_mib": C.peak_rss_mib(), **extra}
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if children:
@@ -177,9 +195,9 @@ def summarize(a, impl, t_data, t_step, n_beh, flops, extra) -> dict:
 
 def child_argv(a, impl, dtype):
     argv = [str(Path(__file__).resolve()), "--child", impl, "--dtype", dtype, "--data", a.data, "--users",
-            str(a.users), "--steps", str(a.steps), "--warmup", str(a.warmup), "--seed", str(a.seed), "--threads",
-            str(a.threads), "--num-workers", str(a.num_workers)]
-    return argv + (["--fused-adam"] if a.fused_adam else [])
+            str(a.users), "--batch-users", str(a.batch_users), "--steps", str(a.steps), "--warmup", str(a.warmup), "--seed", str(a.seed), "--threads",
+            str(a.threads), "--num-workers", str(a.num_workers), "--corpus-dir", str(a.corpus_dir)]
+    return argv + ["--adam", a.adam] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
 
 
 def run_child(a, impl, dtype, thp: bool) -> dict:
@@ -225,14 +243,19 @@ def compare(rounds: list[dict]) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=["reference", "movielens", "synthetic"], default="reference")
-    ap.add_argument("--users", type=int, default=2000, help="users generated (reference, synthetic corpora)")
-    ap.add_argument("--steps", type=int, default=15, help="timed steps per child")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--users", type=int, default=1000, help="users generated (reference, synthetic corpora)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per child")
+    ap.add_argument("--batch-users", type=int, default=BATCH_USERS, help="users per batch, both implementations")
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="reference/ptum-hf pairs per dtype")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--num-workers", type=int, default=1, help="ptum-hf DataLoader workers (collation)")
-    ap.add_argument("--fused-adam", action="store_true", help="ptum-hf: AdamW(fused=True)")
+    ap.add_argument("--num-workers", type=int, default=0,
+                    help="ptum-hf DataLoader workers (collation); 0: collate in the training process")
+    ap.add_argument("--adam", choices=["fused", "foreach"], default="fused",
+                    help="ptum-hf optimizer: AdamW(fused=True) (one pass over the parameters) or torch's default")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="ptum-hf: recompute the behavior encoder in the backward (less memory, slower)")
     ap.add_argument("--no-thp", action="store_true",
                     help="ptum-hf without THP_MEM_ALLOC_ENABLE=1 (huge pages for large tensors)")
     ap.add_argument("--reference-thp", action="store_true",
@@ -241,13 +264,18 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    ap.add_argument("--corpus-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         result = (child_reference if a.child == "reference" else child_ours)(a)
         print(json.dumps(result, separators=(",", ":")))
         return
 
-    summary = {"machine": C.machine(), "data": a.data, "users": a.users, "steps": a.steps, "batch_users": BATCH_USERS}
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="ptum-bench-")
+    a.corpus_dir = C.save_corpus(a.data, a.users, a.seed, tmp.name)
+    summary = {"machine": C.machine(), "data": a.data, "users": a.users, "steps": a.steps, "batch_users": a.batch_users}
     results = {}
     for dtype in a.dtypes.split(","):
         if dtype == "bfloat16" and not a.force_bf16 and not C.bf16_native():
@@ -287,7 +315,7 @@ def write_results(a, summary, results):
              f"{summary['machine']['mem_gib']} GiB, torch {summary['machine']['torch']}, "
              f"{a.threads} threads. Corpus `{a.data}`"
              + (f" ({a.users} users)" if a.data != "movielens" else "")
-             + f", {BATCH_USERS} users per batch, {a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s);"
+             + f", {a.batch_users} users per batch, {a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s);"
              " ratios are medians over rounds of children run back to back.", ""]
     for dtype, res in results.items():
         if "skipped" in res:
@@ -318,11 +346,14 @@ def write_results(a, summary, results):
                   + (f"; {cmp['speedup_vs_reference_with_thp']}x the reference run with the same allocator setting"
                      if "speedup_vs_reference_with_thp" in cmp else "") + ".", ""]
         ours = last["ours"]
-        lines += [f"ptum-hf settings: DataLoader workers {ours['num_workers']}, fused AdamW {ours['fused_adam']}, "
+        lines += [f"ptum-hf settings: DataLoader workers {ours['num_workers']}, AdamW {ours['adam']}, "
+                  f"gradient checkpointing {ours.get('gradient_checkpointing', False)}, "
                   f"THP_MEM_ALLOC_ENABLE={ours['thp_alloc']}; {ours['unique_behaviors_per_batch']} unique behaviors "
-                  f"and {ours['tokens_per_batch']} tokens in a batch of {BATCH_USERS} users.", ""]
+                  f"and {ours['tokens_per_batch']} tokens in a batch of {a.batch_users} users.", ""]
     lines += [f"Targets: {TARGETS}."]
-    C.write_section(f"pretraining-{a.data}", f"Pre-training throughput: {a.data} corpus", "\n".join(lines))
+    suffix = ", gradient checkpointing" if a.gradient_checkpointing else ""
+    C.write_section(f"pretraining-{a.data}" + ("-checkpointing" if a.gradient_checkpointing else ""),
+                    f"Pre-training throughput: {a.data} corpus{suffix}", "\n".join(lines))
 
 
 if __name__ == "__main__":

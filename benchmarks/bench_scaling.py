@@ -53,7 +53,7 @@ def child(a) -> dict:
                         prefetch_factor=4 if a.num_workers else None)
     model = PTUMForPretraining(config)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if a.fused_adam else {}))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if a.adam == "fused" else {}))
     steps_per_epoch = math.ceil(a.size / BATCH_USERS)
     limit = steps_per_epoch if a.full_epoch else min(a.steps, steps_per_epoch)
     t_data, t_step, users = [], [], 0
@@ -97,7 +97,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--full-epoch-max", type=int, default=10000, help="run whole epochs up to this many users")
     ap.add_argument("--num-workers", type=int, default=1)
-    ap.add_argument("--fused-adam", action="store_true")
+    ap.add_argument("--adam", choices=["fused", "foreach"], default="fused")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--full-epoch", action="store_true", help=argparse.SUPPRESS)
@@ -114,7 +114,7 @@ def main():
         for full in modes:
             argv = [str(Path(__file__).resolve()), "--size", str(size), "--steps", str(a.steps), "--warmup",
                     str(a.warmup), "--num-workers", str(a.num_workers), "--threads", str(a.threads)]
-            argv += (["--full-epoch"] if full else []) + (["--fused-adam"] if a.fused_adam else [])
+            argv += (["--full-epoch"] if full else []) + ["--adam", a.adam]
             env = {**os.environ, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1")}
             out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=C.ROOT, env=env)
             if out.returncode:

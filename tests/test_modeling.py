@@ -336,3 +336,66 @@ def test_pretrained_text_encoder_minilm(tmp_path):
     assert torch.equal(again(ids, (ids != 0).long(), torch.tensor([[0, 1], [1, -1]])).user_embeddings,
                        out.user_embeddings)
     assert not any(p.requires_grad for p in again.behavior_encoder.encoder.parameters())
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch, dropout):
+    """Recomputing the behavior encoder in chunks must reproduce the forward exactly, dropout masks included."""
+    from ptum_hf import modeling_ptum
+
+    monkeypatch.setattr(modeling_ptum, "CHECKPOINT_CHUNK_BEHAVIORS", 3)  # several chunks in a 10-behavior batch
+    config = tiny_config(dropout=dropout)
+    grads = {}
+    for mode in ("plain", "checkpointed", "chunked"):
+        torch.manual_seed(0)
+        model = PTUMForPretraining(config).train()
+        if mode == "checkpointed":
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+            assert model.ptum.gradient_checkpointing
+        elif mode == "chunked":  # the same chunks without recomputation: the reference for dropout > 0
+            model.ptum.gradient_checkpointing = True
+            monkeypatch.setattr(modeling_ptum, "_checkpoint", lambda function, *args: function(*args))
+        torch.manual_seed(1)
+        model(**pretraining_inputs()).loss.backward()
+        grads[mode] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["checkpointed"].keys() == grads["chunked"].keys()
+    for name, grad in grads["checkpointed"].items():
+        torch.testing.assert_close(grad, grads["chunked"][name], msg=name)
+        if dropout == 0.0:  # without random masks, chunking changes nothing either
+            torch.testing.assert_close(grad, grads["plain"][name], msg=name)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are a Linux setting")
+def test_import_turns_on_huge_pages_only_when_first_and_unset():
+    code = "import os, sys; {pre}import ptum_hf; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def run(pre="", **extra):
+        out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], env={**env, **extra}, capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    assert run() == "1"
+    assert run(THP_MEM_ALLOC_ENABLE="0") == "0"  # the user's choice stands
+    assert run(pre="import torch; ") == "None"  # too late to matter: left alone
+
+
+@pytest.mark.parametrize("head", [PTUMForCTR, PTUMForDemographicClassification, PTUMForPretraining])
+def test_weights_missing_from_the_checkpoint_are_initialised_not_left_as_memory(tmp_path, head):
+    """A head loaded from a base checkpoint gets fresh weights for what the checkpoint lacks, never whatever was in
+    memory (the CTR bias once was: logits of 1e37 and a frozen AUC of exactly 0.5). With deterministic algorithms
+    torch fills uninitialised float memory with NaN, so a weight nobody initialised shows up."""
+    import torch.utils.deterministic
+
+    PTUMModel(tiny_config()).save_pretrained(tmp_path)
+    previous = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        loaded = head.from_pretrained(tmp_path)
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[1]
+    for name, tensor in loaded.state_dict().items():
+        assert torch.isfinite(tensor).all(), f"{name} was left uninitialised"

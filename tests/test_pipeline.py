@@ -98,6 +98,27 @@ def test_embed_with_and_without_cache_agree(pretrained, tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_embeddings_come_back_in_user_order_whatever_the_batching(pretrained, data, monkeypatch):
+    """Users are encoded sorted by history length: every vector must still land on its own user."""
+    from ptum_hf import embedding
+    from ptum_hf.data import BehaviorTokenCache
+    from transformers import AutoTokenizer
+
+    model = PTUMModel.from_pretrained(pretrained / "model")
+    cache = BehaviorTokenCache.build(data.behaviors, AutoTokenizer.from_pretrained(pretrained / "model"),
+                                     model.config.max_tokens_per_behavior)
+    monkeypatch.setattr(embedding, "SORT_WINDOW_BATCHES", 3)  # several windows, the last one partial
+    ids, vectors = zip(*embedding.iter_user_embeddings(model, data, cache, batch_size=7))
+    ids, vectors = sum(ids, []), np.concatenate(vectors)
+    assert ids == list(data.users["user_id"])
+    table = embedding.encode_behavior_table(model, cache)
+    for row in (0, 20, 21, USERS - 1):  # each user alone: no batch, no padding
+        history, gaps = embedding.global_histories([data.users[row]], model.config.max_behaviors)
+        with torch.inference_mode():
+            alone = model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
+        np.testing.assert_allclose(vectors[row], alone.user_embeddings[0].numpy(), atol=1e-5)
+
+
 def test_finetune_cli_saves_model_with_card_and_group_error_rates(pretrained, tmp_path):
     cli(["finetune", "demographics", "--model_name_or_path", str(pretrained / "model"), "--num_users", str(USERS),
          "--output_dir", str(tmp_path), "--num_train_epochs", "1"])

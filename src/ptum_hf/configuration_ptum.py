@@ -8,7 +8,7 @@ from transformers import PretrainedConfig
 
 
 BEHAVIOR_ENCODER_TYPES = ("attention", "cnn", "lstm", "gru", "transformer", "pretrained")
-USER_ENCODER_TYPES = ("transformer", "attention", "gru", "lstm")
+USER_ENCODER_TYPES = ("transformer", "self_attention", "attention", "gru", "lstm")
 PREDICTOR_TYPES = ("dot",)
 
 # The paper's six user models. Each preset only overrides the encoders; every other field keeps the paper's default.
@@ -18,7 +18,7 @@ PRESETS = {
     # HURA: CNN + additive attention for texts, additive attention over behaviors (no sequence model).
     "hura": {"behavior_encoder_type": "cnn", "user_encoder_type": "attention"},
     # HSA (the paper's own encoder): self-attention + additive attention at both levels.
-    "hsa": {"behavior_encoder_type": "attention", "user_encoder_type": "transformer"},
+    "hsa": {"behavior_encoder_type": "attention", "user_encoder_type": "self_attention"},
     # GRU4Rec: a GRU over the behavior sequence; behaviors read by a GRU over words.
     "gru4rec": {"behavior_encoder_type": "gru", "user_encoder_type": "gru"},
     # NativeCTR: CNN + attention texts, attention pooling of the user's behaviors.
@@ -52,7 +52,9 @@ class PTUMConfig(PretrainedConfig):
         hidden_size (`int`, *optional*, defaults to 256): behavior and user vector size (16 heads x 16).
         num_attention_heads (`int`, *optional*, defaults to 16): heads of every self-attention layer.
         additive_attention_dim (`int`, *optional*, defaults to 200): query-layer size of additive attention pooling.
-        user_encoder_type (`str`, *optional*, defaults to `"transformer"`): `transformer`, `attention`, `gru`, `lstm`.
+        user_encoder_type (`str`, *optional*, defaults to `"self_attention"`): `self_attention` (the paper's HSA:
+            multi-head self-attention, then additive attention), `transformer` (adds output projection, feed-forward
+            and LayerNorms; `user_num_layers` of them), `attention` (additive attention only), `gru`, `lstm`.
         user_num_layers (`int`, *optional*, defaults to 1): layers of the `transformer` user encoder.
         intermediate_size (`int`, *optional*, defaults to 512): feed-forward size of transformer layers.
         max_behaviors (`int`, *optional*, defaults to 100): most recent behaviors kept per user.
@@ -94,7 +96,7 @@ class PTUMConfig(PretrainedConfig):
         hidden_size: int = 256,
         num_attention_heads: int = 16,
         additive_attention_dim: int = 200,
-        user_encoder_type: str = "transformer",
+        user_encoder_type: str = "self_attention",
         user_num_layers: int = 1,
         intermediate_size: int = 512,
         max_behaviors: int = 100,

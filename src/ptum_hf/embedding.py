@@ -62,25 +62,44 @@ def global_histories(features: list[dict], max_behaviors: int) -> tuple[torch.Te
     return torch.from_numpy(history), torch.from_numpy(gaps)
 
 
+SORT_WINDOW_BATCHES = 16  # batches whose users are sorted by history length together
+
+
 def iter_user_embeddings(model: PTUMModel, data, token_cache, batch_size: int = 256, use_cache: bool = True):
-    """Yield (user ids, (B, hidden_size) float32 numpy vectors) batch by batch, in the order of `data.users`."""
+    """Yield (user ids, (B, hidden_size) float32 numpy vectors) batch by batch, in the order of `data.users`.
+
+    Users are encoded in batches of similar history length (sorted within windows of `SORT_WINDOW_BATCHES` batches):
+    a batch is as wide as its longest history, so mixing 20- and 100-behavior users would mostly encode padding."""
     model.eval()
     table = encode_behavior_table(model, token_cache) if use_cache else None
     users = data.users
+    window = batch_size * SORT_WINDOW_BATCHES
     with torch.inference_mode():
-        for start in range(0, len(users), batch_size):
-            features = list(users.select(range(start, min(start + batch_size, len(users)))))
-            history, gaps = global_histories(features, model.config.max_behaviors)
-            if table is not None:
-                out = model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
-            else:  # encode this batch's unique behaviors again
-                valid = history >= 0
-                unique, inverse = torch.unique(history[valid], return_inverse=True)
-                ids, mask = token_cache.gather(unique.numpy())
-                local = torch.full_like(history, -1)
-                local[valid] = inverse
-                out = model(torch.as_tensor(ids), torch.as_tensor(mask), local, gaps)
-            yield [row["user_id"] for row in features], out.user_embeddings.float().numpy()
+        for start in range(0, len(users), window):
+            features = list(users.select(range(start, min(start + window, len(users)))))
+            lengths = [min(len(f["behavior_ids"]), model.config.max_behaviors) for f in features]
+            order = np.argsort(lengths, kind="stable")
+            vectors = np.empty((len(features), model.config.hidden_size), np.float32)
+            for first in range(0, len(order), batch_size):
+                rows = order[first : first + batch_size]
+                vectors[rows] = _embed_batch(model, [features[i] for i in rows], token_cache, table)
+            for first in range(0, len(features), batch_size):
+                chunk = features[first : first + batch_size]
+                yield [row["user_id"] for row in chunk], vectors[first : first + len(chunk)]
+
+
+def _embed_batch(model: PTUMModel, features: list[dict], token_cache, table) -> np.ndarray:
+    history, gaps = global_histories(features, model.config.max_behaviors)
+    if table is not None:
+        out = model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
+    else:  # encode this batch's unique behaviors again
+        valid = history >= 0
+        unique, inverse = torch.unique(history[valid], return_inverse=True)
+        ids, mask = token_cache.gather(unique.numpy())
+        local = torch.full_like(history, -1)
+        local[valid] = inverse
+        out = model(torch.as_tensor(ids), torch.as_tensor(mask), local, gaps)
+    return out.user_embeddings.float().numpy()
 
 
 def write_user_embeddings(model, data, token_cache, output_file, batch_size: int = 256, use_cache: bool = True) -> Path:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
@@ -28,6 +29,7 @@ from .configuration_ptum import PTUMConfig
 
 PAD_INDEX = -1
 MASK_INDEX = -2
+CHECKPOINT_CHUNK_BEHAVIORS = 1024  # behaviors per recomputed chunk under gradient checkpointing
 IGNORE_INDEX = -100
 REMOTE_AUTO_MAP = {
     "AutoConfig": "configuration_ptum.PTUMConfig",
@@ -133,12 +135,18 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x, keep, scale):
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.ops.aten.native_dropout_backward(x, keep, scale)  # one fused pass: x * keep * scale
+        return _masked_scale(x, keep, scale)
 
     @staticmethod
     def backward(ctx, grad):
         (keep,) = ctx.saved_tensors
-        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None, None
+        return _masked_scale(grad, keep, ctx.scale), None, None
+
+
+def _masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    # where + in-place scale: two passes, where `x * keep * scale` (or native_dropout_backward) also converts the
+    # boolean mask to floats first; ~2x faster on CPU.
+    return torch.where(keep, x, 0.0).mul_(scale)
 
 
 def _keep_mask(shape, p: float) -> tuple[torch.Tensor, float]:
@@ -430,8 +438,8 @@ def build_behavior_encoder(config: PTUMConfig) -> nn.Module:
 class PTUMUserEncoder(nn.Module):
     """Behavior vectors + position and log2 time-gap embeddings -> per-behavior states and one user vector.
 
-    `x` (B, N, D), `mask` (B, N), `time_gaps` (B, N) seconds -> ((B, N, D), (B, D)). The `transformer` and
-    `attention` kinds run their position-wise layers on the valid slots only (`_Padded`).
+    `x` (B, N, D), `mask` (B, N), `time_gaps` (B, N) seconds -> ((B, N, D), (B, D)). The `transformer`,
+    `self_attention` and `attention` kinds run their position-wise layers on the valid slots only (`_Padded`).
     """
 
     def __init__(self, config: PTUMConfig):
@@ -444,11 +452,13 @@ class PTUMUserEncoder(nn.Module):
         self.dropout = PTUMDropout(config.dropout)
         if kind == "transformer":
             self.layers = nn.ModuleList(PTUMTransformerLayer(config) for _ in range(config.user_num_layers))
+        elif kind == "self_attention":
+            self.attention = PTUMSelfAttention(dim, config.num_attention_heads, dim)
         elif kind == "gru":
             self.rnn = nn.GRU(dim, dim, batch_first=True)
         elif kind == "lstm":
             self.rnn = nn.LSTM(dim, dim, batch_first=True)
-        if kind in ("transformer", "attention"):
+        if kind in ("transformer", "self_attention", "attention"):
             self.pooling = PTUMAdditiveAttention(dim, config.additive_attention_dim)
 
     def time_buckets(self, time_gaps: torch.Tensor) -> torch.Tensor:
@@ -475,6 +485,8 @@ class PTUMUserEncoder(nn.Module):
         if self.kind == "transformer":
             for layer in self.layers:
                 x = layer.packed(x, padded)
+        elif self.kind == "self_attention":
+            x = self.dropout(self.attention.packed(x, padded))
         states = padded.pad(x)
         return states, padded.pool(self.pooling.scores(x), states)
 
@@ -487,7 +499,7 @@ class PTUMPreTrainedModel(PreTrainedModel):
     config: PTUMConfig
     base_model_prefix = "ptum"
     main_input_name = "behavior_input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["PTUMTransformerLayer"]
 
@@ -515,6 +527,9 @@ class PTUMPreTrainedModel(PreTrainedModel):
                 module.weight[module.padding_idx].zero_()
         elif isinstance(module, PTUMModel):
             nn.init.normal_(module.mask_embedding, std=self.config.initializer_range)
+        elif isinstance(module, PTUMForCTR):
+            # A bare parameter: `from_pretrained` leaves it uninitialised memory unless this sets it.
+            nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
@@ -651,6 +666,7 @@ class PTUMModel(PTUMPreTrainedModel):
         self.behavior_encoder = build_behavior_encoder(config)
         self.user_encoder = PTUMUserEncoder(config)
         self.mask_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.gradient_checkpointing = False  # set by `gradient_checkpointing_enable()` / the Trainer's flag
         self.post_init()
         self._freeze_user_model_if_configured()
 
@@ -684,7 +700,14 @@ class PTUMModel(PTUMPreTrainedModel):
         length = max(int(attention_mask.sum(-1).max()) if attention_mask.numel() else 1, 1)
         length = min(length, self.config.max_tokens_per_behavior)
         encoder = self.behavior_encoder if encoder is None else encoder
-        return encoder(input_ids[:, :length], attention_mask[:, :length])
+        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The behavior encoder holds most of a step's activations. Recomputed in the backward a chunk of
+            # behaviors at a time, they never exist for more than one chunk: memory stops growing with the batch's
+            # tokens, for one more forward pass of the behavior encoder.
+            chunks = zip(input_ids.split(CHECKPOINT_CHUNK_BEHAVIORS), attention_mask.split(CHECKPOINT_CHUNK_BEHAVIORS))
+            return torch.cat([_checkpoint(encoder, ids, mask) for ids, mask in chunks])
+        return encoder(input_ids, attention_mask)
 
     def gather_behaviors(self, behavior_embeddings: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Look up rows of the behavior table; -1 (padding) gives zeros and -2 the learned mask vector."""
@@ -753,6 +776,13 @@ class PTUMModel(PTUMPreTrainedModel):
         _check_indices(history_indices, behavior_embeddings.shape[0], "history_indices")
         states, users = self.encode_users(behavior_embeddings, history_indices, history_time_gaps)
         return PTUMModelOutput(user_embeddings=users, last_hidden_state=states, behavior_embeddings=behavior_embeddings)
+
+
+def _checkpoint(function, *args):
+    # Always non-reentrant, whatever kwargs `gradient_checkpointing_enable` got: the inputs are token ids, and a
+    # reentrant checkpoint gives no parameter gradients when no input requires grad. It restores the RNG state, so
+    # the recomputed dropout masks are the forward's.
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
 
 
 def _check_token_ids(input_ids: torch.Tensor, vocab_size: int):

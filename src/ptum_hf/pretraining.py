@@ -82,6 +82,11 @@ class PretrainingArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder."})
     seed: int = field(default=42)
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for collation."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute the behavior encoder in the backward, in chunks: less memory per batch, one more "
+                          "forward pass of it (benchmarks/RESULTS.md has the figures)."},
+    )
     report_to: str = field(default="auto", metadata={"help": "tensorboard, csv, none, or auto (tensorboard if installed)."})
     deterministic: bool = field(default=False, metadata={"help": "torch.use_deterministic_algorithms (exact resume)."})
     ddp_timeout: int = field(
@@ -237,7 +242,11 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
     )
 
     model = PTUMForPretraining(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    if args.gradient_checkpointing:
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    # fused: one pass over all parameters per step instead of several per tensor.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  fused=accelerator.device.type in ("cpu", "cuda"))
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_epochs
     num_epochs = math.ceil(total_steps / steps_per_epoch)
