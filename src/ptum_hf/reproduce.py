@@ -280,7 +280,11 @@ def pretrain_model(ctx: Context, dataset: str, preset: str, setting: dict, num_u
     overrides = {**s.model_overrides, **setting}
     users = num_users or s.synthetic_users
     steps = max_steps if max_steps is not None else s.pretrain_max_steps
+    from . import PRESETS
+
+    # The preset's definition is part of the identity: a changed preset must not reuse an old pre-training.
     identity = {"dataset": dataset, "users": users if dataset == SYNTHETIC else None, "preset": preset,
+                "preset_config": PRESETS[preset],
                 "overrides": overrides, "epochs": s.pretrain_epochs, "steps": steps, "batch": s.pretrain_batch_size,
                 "lr": s.pretrain_learning_rate, "vocab": s.tokenizer_vocab_size, "seed": s.seed}
     if s.behavior_tokens != "text":
