@@ -145,7 +145,7 @@ class _MaskedScale(torch.autograd.Function):
 
 def _masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
     # where + in-place scale: two passes, where `x * keep * scale` (or native_dropout_backward) also converts the
-    # boolean mask to floats first; ~2x faster on CPU.
+    # boolean mask to floats first; 1.3-2x faster on CPU for a (30000, 300) tensor.
     return torch.where(keep, x, 0.0).mul_(scale)
 
 
