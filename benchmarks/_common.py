@@ -155,6 +155,29 @@ def load_saved_corpus(folder):
 # ----------------------------------------------------------------------------- measurements
 
 
+def train_step(model, optimizer, batch, autocast=None):
+    """One pre-training step as `ptum-hf pretrain` takes it (clipped at 1.0); waits for the loss, so the time is real."""
+    import contextlib
+
+    import torch
+
+    with autocast or contextlib.nullcontext():
+        out = model(**batch)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    return float(out.loss)
+
+
+def header(script: str, machine: dict, threads: int) -> list[str]:
+    """The command and machine lines every RESULTS.md section starts with (the description follows on the line)."""
+    command = f"python benchmarks/{script} " + " ".join(sys.argv[1:])
+    return [f"Command: `{command}`", "",
+            f"Machine: {machine['cpu']} ({'/'.join(machine['simd'])}), {machine['cpus']} CPUs, torch "
+            f"{machine['torch']}, {threads} threads."]
+
+
 def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 

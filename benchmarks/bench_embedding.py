@@ -147,14 +147,11 @@ def main():
 
 
 def write_results(a, res):
-    command = "python benchmarks/bench_embedding.py " + " ".join(sys.argv[1:])
-    m = res["machine"]
-    lines = [f"Command: `{command}`", "",
-             f"Machine: {m['cpu']} ({'/'.join(m['simd'])}), {m['cpus']} CPUs, torch {m['torch']}, {a.threads} "
-             f"threads. `write_user_embeddings` on {res['data']} ({res['users']} users, {res['behaviors']} distinct "
-             f"behaviors), batch size {res['batch_size']}, hsa preset (random weights: speed does not depend on "
-             f"them), median of {res['rounds']} alternating rounds.", "",
-             "| | with behavior cache | without: each batch's unique behaviors | without: every occurrence |",
+    lines = C.header("bench_embedding.py", res["machine"], a.threads)
+    lines[-1] += (f" `write_user_embeddings` on {res['data']} ({res['users']} users, {res['behaviors']} distinct "
+                  f"behaviors), batch size {res['batch_size']}, hsa preset (random weights: speed does not depend on "
+                  f"them), median of {res['rounds']} alternating rounds.")
+    lines += ["", "| | with behavior cache | without: each batch's unique behaviors | without: every occurrence |",
              "|---|---|---|---|",
              f"| users/s | {res['users_per_s_cached']} | {res['users_per_s_uncached']} | "
              f"{res['users_per_s_occurrence']} |",

@@ -127,13 +127,7 @@ def child_ours(a) -> dict:
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
-        with autocast:
-            out = model(**batch)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        float(out.loss)
+        C.train_step(model, optimizer, batch, autocast)
         t2 = time.perf_counter()
         if s >= a.warmup:
             t_data.append(t1 - t0)

@@ -61,12 +61,7 @@ def child(a) -> dict:
     fetch = time.perf_counter()
     for step, batch in enumerate(itertools.islice(loader, limit)):
         got = time.perf_counter()
-        out = model(**batch)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        float(out.loss)
+        C.train_step(model, optimizer, batch)
         done = time.perf_counter()
         if step >= a.warmup:
             t_data.append(got - fetch)
@@ -129,13 +124,10 @@ def main():
 
 
 def write_results(a, summary):
-    command = "python benchmarks/bench_scaling.py " + " ".join(sys.argv[1:])
-    m = summary["machine"]
-    lines = [f"Command: `{command}`", "",
-             f"Machine: {m['cpu']} ({'/'.join(m['simd'])}), {m['cpus']} CPUs, torch {m['torch']}, {a.threads} "
-             f"threads. Streaming synthetic users (hsa preset, {BATCH_USERS} users per batch, texts tokenized per "
-             f"batch in {a.num_workers} DataLoader worker(s)), one process per size.", "",
-             "| users | steps run / per epoch | step s (1st half / 2nd half) | users/s | epoch time | waiting for data "
+    lines = C.header("bench_scaling.py", summary["machine"], a.threads)
+    lines[-1] += (f" Streaming synthetic users (hsa preset, {BATCH_USERS} users per batch, texts tokenized per "
+                  f"batch in {a.num_workers} DataLoader worker(s)), one process per size.")
+    lines += ["", "| users | steps run / per epoch | step s (1st half / 2nd half) | users/s | epoch time | waiting for data "
              "| peak RSS MiB (main + worker) |",
              "|---|---|---|---|---|---|---|"]
     for r in summary["runs"]:

@@ -613,19 +613,20 @@ def run_ablation(ctx):
 
 
 def run_lambda(ctx):
-    s = ctx.settings
-    for value in s.lambdas:
-        setting = {"nbp_weight": value} if value != 1.0 else {}
-        run_grid(ctx, "lambda", "demographics", MOVIELENS, "hsa", f"lambda={value:g}", setting, ("ptum_finetune",),
-                 (s.ablation_ratio,))
+    run_sweep(ctx, "lambda", "nbp_weight", ctx.settings.lambdas, 1.0, lambda value: f"lambda={value:g}")
 
 
 def run_k(ctx):
-    s = ctx.settings
-    for value in s.ks:
-        setting = {"num_next": value} if value != 2 else {}
-        run_grid(ctx, "k", "demographics", MOVIELENS, "hsa", f"K={value}", setting, ("ptum_finetune",),
-                 (s.ablation_ratio,))
+    run_sweep(ctx, "k", "num_next", ctx.settings.ks, 2, lambda value: f"K={value}")
+
+
+def run_sweep(ctx, experiment: str, field: str, values, default, name):
+    """PTUM finetune on MovieLens demographics (HSA) for each value of one PTUMConfig field; the default value runs
+    with no override, so it shares the main pre-training."""
+    for value in values:
+        setting = {field: value} if value != default else {}
+        run_grid(ctx, experiment, "demographics", MOVIELENS, "hsa", name(value), setting, ("ptum_finetune",),
+                 (ctx.settings.ablation_ratio,))
 
 
 def run_scale(ctx):
