@@ -780,16 +780,21 @@ def ratio_label(ratio) -> str:
     return f"{ratio:.0%}" if isinstance(ratio, float) and ratio <= 1.0 else f"{ratio} users"
 
 
+def with_baselines(cells, baselines=None):
+    """Each cell's key and its variants, joined by the baseline rows of the same task, dataset and ratio."""
+    for key, variants in sorted(cells.items(), key=lambda kv: str(kv[0])):
+        rows = dict(variants)
+        for (b_task, b_dataset, _, _, b_ratio), b_variants in (baselines or {}).items():
+            if (b_task, b_dataset, b_ratio) == (key[0], key[1], key[4]):
+                rows.update(b_variants)
+        yield key, rows
+
+
 def variant_table(cells, metrics, baselines=None, include_setting=False) -> list[str]:
     """Rows: (dataset, preset, [setting], ratio, variant, n, metrics...)."""
     head = ["dataset", "model"] + (["setting"] if include_setting else []) + ["labels", "variant", "n"] + list(metrics)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (task, dataset, preset, setting, ratio), variants in sorted(cells.items(), key=lambda kv: str(kv[0])):
-        rows = dict(variants)
-        if baselines is not None:
-            for (b_task, b_dataset, _, _, b_ratio), b_variants in baselines.items():
-                if (b_task, b_dataset, b_ratio) == (task, dataset, ratio):
-                    rows.update(b_variants)
+    for (task, dataset, preset, setting, ratio), rows in with_baselines(cells, baselines):
         for variant, by_repeat in rows.items():
             values = [mean_std([m.get(metric, math.nan) for m in by_repeat.values()]) for metric in metrics]
             cells_ = [dataset, preset] + ([setting] if include_setting else []) + [
@@ -801,12 +806,7 @@ def variant_table(cells, metrics, baselines=None, include_setting=False) -> list
 def paired_table(cells, metrics, comparisons, baselines=None) -> list[str]:
     head = ["dataset", "model", "labels", "comparison"] + list(metrics)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (task, dataset, preset, setting, ratio), variants in sorted(cells.items(), key=lambda kv: str(kv[0])):
-        rows = dict(variants)
-        if baselines is not None:
-            for (b_task, b_dataset, _, _, b_ratio), b_variants in baselines.items():
-                if (b_task, b_dataset, b_ratio) == (task, dataset, ratio):
-                    rows.update(b_variants)
+    for (task, dataset, preset, setting, ratio), rows in with_baselines(cells, baselines):
         for a, b in comparisons:
             if a in rows and b in rows:
                 label = f"{VARIANT_NAMES[a]} − {VARIANT_NAMES[b]}"
