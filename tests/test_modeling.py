@@ -294,6 +294,21 @@ def test_freezing_trains_only_the_head():
     assert any(p.grad is not None for n, p in ctr.named_parameters() if n.startswith("ad_"))
 
 
+def test_classifier_layer_norm_normalises_the_user_vector_before_the_head():
+    torch.manual_seed(0)
+    plain = PTUMForDemographicClassification(tiny_config())
+    normed = PTUMForDemographicClassification(tiny_config(classifier_layer_norm=True))
+    normed.load_state_dict(plain.state_dict(), strict=False)  # same user model and classifier, plus the norm
+    plain.eval(), normed.eval()
+    batch = make_batch()
+    user = plain(*batch).user_embeddings
+    expected = plain.classifier(torch.nn.functional.layer_norm(user, user.shape[-1:]))
+    assert torch.allclose(normed(*batch).logits, expected, atol=1e-5)
+    assert not torch.allclose(plain(*batch).logits, expected, atol=1e-3)
+    with pytest.raises(ValueError, match="classifier_layer_norm must be true or false"):
+        tiny_config(classifier_layer_norm="yes")
+
+
 def test_pretraining_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
     model = PTUMForPretraining(tiny_config())

@@ -69,6 +69,41 @@ def test_demographics_three_ways(pretrained, data, tmp_path, variant):
     assert same == (variant == "frozen")  # frozen keeps the user model; the others train (or re-draw) it
 
 
+def test_user_model_learning_rate_is_its_own_optimizer_group(pretrained, data, tmp_path):
+    args = FinetuneArguments(model_name_or_path=str(pretrained / "model"), user_model_learning_rate=1e-5)
+    training_args = default_training_arguments(str(tmp_path), "demographics", num_train_epochs=1, learning_rate=1e-3,
+                                                per_device_train_batch_size=16, weight_decay=0.01)
+    trainer, _ = finetune(args, training_args, data=data)
+    model = trainer.model
+    user_model = {id(p) for p in model.ptum.parameters()}
+    by_lr = {}
+    for group in trainer.optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= user_model or not ids & user_model, "a group mixes the user model and the head"
+        by_lr.setdefault(group["initial_lr"], set()).update(ids)
+    assert by_lr[1e-5] == user_model and by_lr[1e-3] == {id(p) for p in model.parameters()} - user_model
+    assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0, 0.01}  # the Trainer's own groups
+    with pytest.raises(ValueError, match="user_model_learning_rate has no effect with freeze_user_model"):
+        FinetuneArguments(model_name_or_path="x", freeze_user_model=True, user_model_learning_rate=1e-5)
+    with pytest.raises(ValueError, match="user_model_learning_rate must be > 0"):
+        FinetuneArguments(user_model_learning_rate=0.0)
+
+
+def test_new_demographic_heads_get_a_layer_norm_and_saved_heads_keep_theirs(pretrained, tmp_path):
+    from ptum_hf.finetuning import build_model
+
+    heads = {"age": 4, "gender": 2}
+    base = str(pretrained / "model")
+    assert isinstance(build_model(FinetuneArguments(model_name_or_path=base), None, heads).norm, torch.nn.LayerNorm)
+    plain = build_model(FinetuneArguments(model_name_or_path=base, classifier_layer_norm=False), None, heads)
+    assert isinstance(plain.norm, torch.nn.Identity)
+    plain.save_pretrained(tmp_path / "head")  # a fine-tuned model without the norm: loading it must not add one
+    again = build_model(FinetuneArguments(model_name_or_path=str(tmp_path / "head")), None, heads)
+    assert isinstance(again.norm, torch.nn.Identity)
+    scratch = build_model(FinetuneArguments(model_name_or_path=str(tmp_path / "head"), from_scratch=True), None, heads)
+    assert isinstance(scratch.norm, torch.nn.LayerNorm)  # a new head again
+
+
 def test_label_fraction_takes_a_nested_share_of_training_users(data):
     from ptum_hf.finetuning import demographics_splits
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from ptum_hf.reproduce import EXPERIMENTS, main, parse_args, build_settings
+from ptum_hf.reproduce import EXPERIMENTS, build_settings, main, parse_args, with_baselines
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,7 +49,9 @@ def test_table_structure(quick_run):
     assert "| dataset | model | labels | variant | n | age_accuracy | age_macro_f1 | gender_accuracy |" in table2
     variants = {row[3] for row in table_rows(table2.split("### Paired")[0])}
     assert {"from scratch", "PTUM no finetune", "PTUM finetune", "majority class",
-            "LR, TF-IDF bag-of-items"} <= variants
+            "LR, TF-IDF bag-of-items", "LR, TF-IDF bag of the same recent items"} <= variants
+    baselines = {row[3] for row in table_rows((out / "baselines.md").read_text())}
+    assert "LR, TF-IDF bag of the last 20 items" in baselines  # the tiny size keeps 20 behaviors
     paired = table_rows(table2.split("### Paired")[1])
     comparisons = {row[3] for row in paired}
     assert "PTUM finetune − from scratch" in comparisons and "PTUM finetune − LR, TF-IDF bag-of-items" in comparisons
@@ -78,6 +80,31 @@ def test_records_are_reused(quick_run):
     assert info["seconds"] < 60
 
 
+def test_jobs_give_the_same_records_as_one_process(quick_run, tmp_path):
+    out, _ = quick_run
+    main(["--quick", "--output_dir", str(tmp_path), "--experiments", "table2", "--num_threads", "1", "--jobs", "2"])
+    metrics = lambda folder: {tuple(r[k] for k in ("variant", "ratio", "repeat")): r["metrics"]  # noqa: E731
+                              for r in map(json.loads, (folder / "raw" / "table2.jsonl").read_text().splitlines())}
+    one, two = metrics(out), metrics(tmp_path)
+    assert one.keys() == two.keys() and len(one) == 3
+    for key in one:  # not bit-identical across processes (float reductions), but the same run: the same test loss
+        assert one[key]["loss"] == pytest.approx(two[key]["loss"], rel=1e-2), key
+        assert all(0.0 <= two[key][m] <= 1.0 for m in ("age_accuracy", "gender_accuracy", "macro_f1")), key
+    assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])["jobs"] == 2
+
+
+def test_same_history_baseline_joins_the_model_that_sees_that_history():
+    baselines = {("demographics", "movielens-100k", "-", "-", 1.0): {
+        "lr_tfidf": {0: {"gender_auc": 0.74}}, "lr_tfidf_last50": {0: {"gender_auc": 0.68}},
+        "lr_tfidf_last200": {0: {"gender_auc": 0.74}}}}
+    for label, expected in (("hsa", 0.68), ("hsa (item ids) [200 behaviors]", 0.74), ("hsa [paper]", None)):
+        cells = {("demographics", "movielens-100k", label, "mbp+nbp", 1.0): {"scratch": {0: {"gender_auc": 0.7}}}}
+        (_, rows), = with_baselines(cells, baselines)
+        assert not any(v.startswith("lr_tfidf_last") for v in rows)
+        assert rows.get("lr_tfidf_same", {0: {}})[0].get("gender_auc") == expected
+        assert rows["lr_tfidf"][0]["gender_auc"] == 0.74
+
+
 def test_arguments_are_checked():
     with pytest.raises(SystemExit):
         build_settings(parse_args(["--ratios", "0,1"]))
@@ -88,3 +115,12 @@ def test_arguments_are_checked():
     settings = build_settings(parse_args(["--presets", "hsa,bert4rec", "--ratios", "0.2,1.0", "--repeats", "3"]))
     assert settings.demographic_presets == ("hsa",) and settings.ctr_presets == ("bert4rec",)
     assert settings.ratios == (0.2, 1.0) and settings.repeats == 3
+    with pytest.raises(SystemExit, match="variants must be among"):
+        build_settings(parse_args(["--variants", "ptum_finetune,finetune"]))
+    assert build_settings(parse_args(["--variants", "scratch"])).variants == ("scratch",)
+    with pytest.raises(SystemExit, match="max_behaviors must be >= 2"):
+        build_settings(parse_args(["--max_behaviors", "1"]))
+    settings = build_settings(parse_args(["--max_behaviors", "200", "--classifier_layer_norm",
+                                          "--user_model_learning_rate", "1e-4"]))
+    assert settings.history_length == 200 and settings.model_overrides["max_behaviors"] == 200
+    assert settings.model_label("hsa") == "hsa [200 behaviors] +LN head [user lr 0.0001]"

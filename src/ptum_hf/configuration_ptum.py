@@ -68,6 +68,9 @@ class PTUMConfig(PretrainedConfig):
         label_heads (`dict[str, int]`, *optional*, defaults to `{"age": 4, "gender": 2}`): demographic heads and
             their class counts.
         freeze_user_model (`bool`, *optional*, defaults to `False`): train only the head ("no finetune").
+        classifier_layer_norm (`bool`, *optional*, defaults to `False`): LayerNorm on the user vector before the
+            demographic classifier. Pre-trained user vectors are small and share a large common component, which a
+            plain linear head on a frozen user model learns only slowly.
         share_ad_encoder (`bool`, *optional*, defaults to `True`): CTR ads use the user side's behavior encoder.
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal initialiser.
 
@@ -110,6 +113,7 @@ class PTUMConfig(PretrainedConfig):
         predictor: str = "dot",
         label_heads: dict | None = None,
         freeze_user_model: bool = False,
+        classifier_layer_norm: bool = False,
         share_ad_encoder: bool = True,
         initializer_range: float = 0.02,
         **kwargs,
@@ -142,6 +146,7 @@ class PTUMConfig(PretrainedConfig):
         self.predictor = predictor
         self.label_heads = dict(label_heads) if label_heads is not None else {"age": 4, "gender": 2}
         self.freeze_user_model = freeze_user_model
+        self.classifier_layer_norm = classifier_layer_norm
         self.share_ad_encoder = share_ad_encoder
         self.initializer_range = initializer_range
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -167,7 +172,8 @@ class PTUMConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("freeze_text_encoder", "use_mbp", "use_nbp", "freeze_user_model", "share_ad_encoder"):
+        for name in ("freeze_text_encoder", "use_mbp", "use_nbp", "freeze_user_model", "share_ad_encoder",
+                     "classifier_layer_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:

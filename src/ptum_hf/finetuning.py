@@ -42,6 +42,16 @@ class FinetuneArguments:
     split_seed: int = field(default=0, metadata={"help": "Seed of the 80/10/10 user split (demographics)."})
     tokenizer_vocab_size: int = field(default=8000)
     early_stopping_patience: int = field(default=0, metadata={"help": "Evaluations without improvement (0: off)."})
+    classifier_layer_norm: bool = field(
+        default=True,
+        metadata={"help": "A new demographic head gets a LayerNorm on the user vector (PTUMConfig.classifier_layer_norm); "
+                          "a checkpoint that already has a demographic head keeps its own setting."},
+    )
+    user_model_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the user model (behavior and user encoders); the head keeps the Trainer's "
+                          "learning_rate. Lower than the head's, it keeps more of what pre-training learned."},
+    )
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -52,6 +62,10 @@ class FinetuneArguments:
             raise ValueError(f"label_fraction must be in (0, 1]; got {self.label_fraction}")
         if self.from_scratch and not self.model_name_or_path:
             raise ValueError("from_scratch needs model_name_or_path (whose config and tokenizer it reuses)")
+        if self.user_model_learning_rate is not None and not self.user_model_learning_rate > 0:
+            raise ValueError(f"user_model_learning_rate must be > 0; got {self.user_model_learning_rate}")
+        if self.user_model_learning_rate is not None and self.freeze_user_model:
+            raise ValueError("user_model_learning_rate has no effect with freeze_user_model (the user model is fixed)")
 
     @property
     def head_names(self) -> list[str]:
@@ -72,6 +86,32 @@ def default_training_arguments(output_dir: str, task: str, **overrides) -> Train
     return TrainingArguments(**values)
 
 
+class PTUMTrainer(Trainer):
+    """The Trainer, with the user model (`model.ptum`) optionally on its own learning rate.
+
+    The Trainer's optimizer is built as usual (its class, weight decay groups and scheduler), then each of its
+    parameter groups is split in two: the user model's parameters get `user_model_learning_rate`."""
+
+    def __init__(self, *args, user_model_learning_rate: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user_model_learning_rate = user_model_learning_rate
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.user_model_learning_rate is None:
+            return optimizer
+        user_model = {id(p) for p in (model or self.model).ptum.parameters()}
+        groups = list(optimizer.param_groups)
+        optimizer.param_groups.clear()  # no step has run yet: there is no optimizer state to keep in line
+        for group in groups:
+            for in_user_model in (True, False):
+                params = [p for p in group["params"] if (id(p) in user_model) == in_user_model]
+                if params:
+                    lr = self.user_model_learning_rate if in_user_model else group["lr"]
+                    optimizer.add_param_group({**group, "params": params, "lr": lr})
+        return optimizer
+
+
 def label_subset(train, fraction: float, seed: int):
     """The first `fraction` of a seeded shuffle of the training users (nested: 20% is inside 50%)."""
     if fraction >= 1.0:
@@ -88,6 +128,8 @@ def build_model(args: FinetuneArguments, tokenizer, label_heads: dict[str, int] 
     if label_heads is not None:
         overrides["label_heads"] = label_heads
     overrides["freeze_user_model"] = args.freeze_user_model
+    if args.task == "demographics" and "classifier_layer_norm" not in overrides and not _has_head(args, head_class):
+        overrides["classifier_layer_norm"] = args.classifier_layer_norm
     if args.model_name_or_path and not args.from_scratch:
         return head_class.from_pretrained(args.model_name_or_path, **overrides)
     if args.model_name_or_path:
@@ -97,6 +139,14 @@ def build_model(args: FinetuneArguments, tokenizer, label_heads: dict[str, int] 
             args.preset, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **overrides
         )
     return head_class(config)
+
+
+def _has_head(args: FinetuneArguments, head_class) -> bool:
+    """Whether the checkpoint was saved with this head (its config then says how the head is built)."""
+    if not args.model_name_or_path or args.from_scratch:
+        return False
+    architectures = PTUMConfig.from_pretrained(args.model_name_or_path).architectures or []
+    return head_class.__name__ in architectures
 
 
 def load_tokenizer_for(args: FinetuneArguments, data):
@@ -167,9 +217,10 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=Non
     callbacks = [ModelCardCallback(card_data)] if card_data is not None else []
     if args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
-    trainer = Trainer(
+    trainer = PTUMTrainer(
         model=model, args=training_args, train_dataset=train, eval_dataset=validation, data_collator=collator,
         compute_metrics=compute_metrics, callbacks=callbacks, processing_class=tokenizer,
+        user_model_learning_rate=args.user_model_learning_rate,
     )
     trainer.train()
     prediction = trainer.predict(test, metric_key_prefix="test")

@@ -29,7 +29,7 @@ from .configuration_ptum import PTUMConfig
 
 PAD_INDEX = -1
 MASK_INDEX = -2
-CHECKPOINT_CHUNK_BEHAVIORS = 1024  # behaviors per recomputed chunk under gradient checkpointing
+CHECKPOINT_CHUNK_BEHAVIORS = 256  # behaviors per recomputed chunk under gradient checkpointing
 IGNORE_INDEX = -100
 REMOTE_AUTO_MAP = {
     "AutoConfig": "configuration_ptum.PTUMConfig",
@@ -705,8 +705,12 @@ class PTUMModel(PTUMPreTrainedModel):
             # The behavior encoder holds most of a step's activations. Recomputed in the backward a chunk of
             # behaviors at a time, they never exist for more than one chunk: memory stops growing with the batch's
             # tokens, for one more forward pass of the behavior encoder.
-            chunks = zip(input_ids.split(CHECKPOINT_CHUNK_BEHAVIORS), attention_mask.split(CHECKPOINT_CHUNK_BEHAVIORS))
-            return torch.cat([_checkpoint(encoder, ids, mask) for ids, mask in chunks])
+            # Chunks of behaviors sorted by length: each chunk then holds few lengths (few attention blocks).
+            order = torch.argsort(attention_mask.sum(-1), stable=True)
+            ids, mask = input_ids[order], attention_mask[order]
+            chunks = zip(ids.split(CHECKPOINT_CHUNK_BEHAVIORS), mask.split(CHECKPOINT_CHUNK_BEHAVIORS))
+            encoded = torch.cat([_checkpoint(encoder, i, m) for i, m in chunks])
+            return encoded.index_select(0, torch.argsort(order))
         return encoder(input_ids, attention_mask)
 
     def gather_behaviors(self, behavior_embeddings: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -913,6 +917,7 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
         super().__init__(config)
         self.ptum = PTUMModel(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.norm = nn.LayerNorm(config.hidden_size) if config.classifier_layer_norm else nn.Identity()
         self.classifier = nn.Linear(config.hidden_size, sum(config.label_heads.values()))
         self.post_init()
         self._freeze_user_model_if_configured()
@@ -941,7 +946,7 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
             user = self.ptum(
                 behavior_input_ids, behavior_attention_mask, history_indices, history_time_gaps, behavior_embeddings
             ).user_embeddings
-        logits = self.classifier(self.dropout(user))
+        logits = self.classifier(self.dropout(self.norm(user)))
         loss = None
         if labels is not None:
             labels = labels.view(labels.shape[0], -1)

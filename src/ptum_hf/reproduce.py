@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,7 @@ VARIANTS = {
 VARIANT_NAMES = {"scratch": "from scratch", "ptum_frozen": "PTUM no finetune", "ptum_finetune": "PTUM finetune",
                  "majority": "majority class", "lr_tfidf": "LR, TF-IDF bag-of-items",
                  "lr_tfidf_words": "LR, TF-IDF words of the texts",
+                 "lr_tfidf_same": "LR, TF-IDF bag of the same recent items",
                  "item_mean": "item mean click rate", "cosine_tfidf": "history-ad TF-IDF cosine (untrained)", "lr_user_item": "LR, user + item one-hot",
                  "probe_ptum": "LR on frozen PTUM user vectors", "probe_random": "LR on random-init user vectors"}
 BASELINE_VARIANTS = ("majority", "lr_tfidf", "lr_tfidf_words", "item_mean", "lr_user_item", "cosine_tfidf")
@@ -103,6 +105,11 @@ class Settings:
     scale_pretrain_steps: int = 1500
     tokenizer_vocab_size: int = 8000
     behavior_tokens: str = "text"
+    max_behaviors: int | None = None  # None: the size's own
+    classifier_layer_norm: bool = False
+    variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
+    user_model_learning_rate: float | None = None  # PTUM finetune only; None: the variant's learning rate
+    learning_rate: float | None = None  # the Trainer's (head's) learning rate; None: each variant's own (VARIANTS)
     tag: str = ""
     seed: int = 0
 
@@ -111,12 +118,26 @@ class Settings:
         overrides = dict(SIZES[self.size])
         if self.behavior_tokens == "item":  # one token per behavior: an item-id embedding model
             overrides["max_tokens_per_behavior"] = 1
+        if self.max_behaviors is not None:
+            overrides["max_behaviors"] = self.max_behaviors
         return overrides
+
+    @property
+    def history_length(self) -> int:
+        """How many of a user's most recent behaviors the user models see (the paper: 100)."""
+        from .configuration_ptum import PTUMConfig
+
+        return self.model_overrides.get("max_behaviors", PTUMConfig().max_behaviors)
 
     def model_label(self, preset: str) -> str:
         """The name a user model gets in the tables: preset, [size] when not the default, (item ids)."""
         return preset + ("" if self.size == "small" else f" [{self.size}]") + (
-            " (item ids)" if self.behavior_tokens == "item" else "") + (f" {{{self.tag}}}" if self.tag else "")
+            " (item ids)" if self.behavior_tokens == "item" else "") + (
+            f" [{self.max_behaviors} behaviors]" if self.max_behaviors is not None else "") + (
+            " +LN head" if self.classifier_layer_norm else "") + (
+            f" [lr {self.learning_rate:g}]" if self.learning_rate else "") + (
+            f" [user lr {self.user_model_learning_rate:g}]" if self.user_model_learning_rate else "") + (
+            f" {{{self.tag}}}" if self.tag else "")
 
 
 QUICK = dict(
@@ -145,6 +166,16 @@ def parse_args(argv=None):
     parser.add_argument("--behavior_tokens", choices=("text", "item"), default=None,
                         help="text: WordPiece tokens of the behavior text (default); item: one token per distinct "
                              "behavior (item identity, no text).")
+    parser.add_argument("--max_behaviors", type=int, default=None,
+                        help="Most recent behaviors per user the user models see (default: the size's; small: 50).")
+    parser.add_argument("--variants", default=None,
+                        help=f"Restrict the user-model variants, e.g. ptum_finetune (of {','.join(VARIANTS)}).")
+    parser.add_argument("--classifier_layer_norm", action="store_true", default=None,
+                        help="LayerNorm on the user vector before the demographic classifier (PTUMConfig).")
+    parser.add_argument("--learning_rate", type=float, default=None,
+                        help="The Trainer's learning rate for every variant run (default: each variant's own).")
+    parser.add_argument("--user_model_learning_rate", type=float, default=None,
+                        help="PTUM finetune: the user model's own learning rate (the head keeps the variant's).")
     parser.add_argument("--pretrain_epochs", type=int, default=None)
     parser.add_argument("--pretrain_max_steps", type=int, default=None)
     parser.add_argument("--finetune_epochs", type=int, default=None)
@@ -158,6 +189,10 @@ def parse_args(argv=None):
                                                     "variant of the settings apart from the default runs.")
     parser.add_argument("--data_dir", default=None, help="MovieLens-100K folder (default: the loader's search).")
     parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads.")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Fine-tunes run side by side in this many worker processes, sharing the threads "
+                             "(pre-training and baselines stay in the main process). Small models use two 1-thread "
+                             "processes better than one 2-thread process.")
     return parser.parse_args(argv)
 
 
@@ -175,12 +210,18 @@ def build_settings(args) -> Settings:
             raise SystemExit(f"unknown preset(s) {unknown}; allowed: {', '.join(DEMOGRAPHIC_PRESETS + CTR_PRESETS)}")
         changes["demographic_presets"] = tuple(p for p in chosen if p in DEMOGRAPHIC_PRESETS)
         changes["ctr_presets"] = tuple(p for p in chosen if p in CTR_PRESETS)
+    if args.variants:
+        chosen = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        if not chosen or any(v not in VARIANTS for v in chosen):
+            raise SystemExit(f"variants must be among {', '.join(VARIANTS)}; got {args.variants!r}")
+        changes["variants"] = chosen
     if args.ablation_tasks:
         changes["ablation_tasks"] = tuple(t.strip() for t in args.ablation_tasks.split(",") if t.strip())
     if args.ctr_datasets:
         changes["ctr_datasets"] = tuple(d.strip() for d in args.ctr_datasets.split(",") if d.strip())
     for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "ctr_max_steps",
-                 "synthetic_users", "scale_users", "scale_labeled", "data_dir", "behavior_tokens", "ablation_ratio", "tag"):
+                 "synthetic_users", "scale_users", "scale_labeled", "data_dir", "behavior_tokens", "ablation_ratio", "tag",
+                 "max_behaviors", "classifier_layer_norm", "user_model_learning_rate", "learning_rate"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     settings = replace(settings, **changes)
@@ -188,6 +229,10 @@ def build_settings(args) -> Settings:
         raise SystemExit(f"ratios must be in (0, 1]; got {settings.ratios}")
     if settings.repeats < 1:
         raise SystemExit("repeats must be >= 1")
+    if args.jobs < 1:
+        raise SystemExit(f"jobs must be >= 1; got {args.jobs}")
+    if settings.max_behaviors is not None and settings.max_behaviors < 2:
+        raise SystemExit(f"max_behaviors must be >= 2 (NBP needs a past and a next behavior); got {settings.max_behaviors}")
     return settings
 
 
@@ -245,6 +290,8 @@ class Context:
         self.records = Records(output_dir / "raw")
         self._data = {}
         self.timings = {}
+        self.pool = None  # worker processes for the fine-tunes (--jobs > 1)
+        self._scale_users = settings.scale_users
 
     def data(self, name: str, num_users: int | None = None):
         """A dataset by name, loaded once."""
@@ -357,11 +404,17 @@ def finetune_run(ctx: Context, task: str, dataset: str, model_dir: Path, variant
 
     s = ctx.settings
     overrides, learning_rate = VARIANTS[variant]
+    learning_rate = s.learning_rate or learning_rate
+    overrides = dict(overrides)
+    if s.user_model_learning_rate and variant == "ptum_finetune":
+        overrides["user_model_learning_rate"] = s.user_model_learning_rate
+    if task == "demographics":  # explicit, so that the records keep meaning what they meant (library default: on)
+        overrides["classifier_layer_norm"] = s.classifier_layer_norm
     args = FinetuneArguments(
         task=task, model_name_or_path=str(model_dir), dataset=dataset, data_dir=ctx.data_name_dir(dataset),
         label_fraction=label_fraction if label_fraction is not None else ratio, split_seed=repeat, **overrides,
     )
-    out = ctx.work_dir / "finetune" / "current"
+    out = ctx.work_dir / "finetune" / f"current-{os.getpid()}"  # one per worker process (--jobs)
     shutil.rmtree(out, ignore_errors=True)
     extra = dict(num_train_epochs=s.finetune_epochs)
     if task == "ctr":  # MovieLens has ~80k training impressions: a step budget with step-wise evaluation
@@ -383,6 +436,41 @@ def finetune_run(ctx: Context, task: str, dataset: str, model_dir: Path, variant
     return {k[len("test_"):]: float(v) for k, v in metrics.items() if k.startswith("test_") and _is_number(v)}
 
 
+_WORKER = {}
+
+
+def _worker_start(settings: Settings, output_dir: str, work_dir: str, quick: bool, threads: int):
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    _WORKER["ctx"] = Context(settings, Path(output_dir), Path(work_dir), quick)
+
+
+def _worker_finetune(*call) -> tuple[dict, float]:
+    return _timed(finetune_run, _WORKER["ctx"], *call)
+
+
+def finetune_results(ctx: Context, calls):
+    """(call, metrics, seconds) for each `finetune_run` call: in this process, or in the `--jobs` worker processes
+    (then in the order they finish; only this process writes records)."""
+    if ctx.pool is None:
+        for call in calls:
+            yield (call, *_timed(finetune_run, ctx, *call))
+        return
+    from concurrent.futures import as_completed
+
+    futures = {ctx.pool.submit(_worker_finetune, *call): call for call in calls}
+    for future in as_completed(futures):
+        yield (futures[future], *future.result())
+
+
+def _timed(function, *args) -> tuple:
+    start = time.perf_counter()
+    result = function(*args)
+    return result, round(time.perf_counter() - start, 1)
+
+
 def run_grid(ctx: Context, experiment: str, task: str, dataset: str, preset: str, setting_name: str, setting: dict,
              variants, ratios, num_users=None, max_steps=None, label_fraction_of=None):
     """Pre-train (if a PTUM variant needs it) and run every (variant, ratio, repeat) not yet recorded."""
@@ -392,14 +480,13 @@ def run_grid(ctx: Context, experiment: str, task: str, dataset: str, preset: str
     done = ctx.records.done(experiment)
     todo = [(v, r, k) for r in ratios for k in range(s.repeats) for v in variants
             if (experiment, task, dataset, label, setting_name, v, r, k) not in done]
+    todo = [(v, r, k) for v, r, k in todo if v in s.variants]
     if not todo:
         return
     model_dir = pretrain_model(ctx, ctx.data_name(dataset), preset, setting, num_users, max_steps)
-    for variant, ratio, repeat in todo:
-        start = time.perf_counter()
-        fraction = label_fraction_of(ratio) if label_fraction_of else None
-        metrics = finetune_run(ctx, task, ctx.data_name(dataset), model_dir, variant, ratio, repeat, fraction)
-        seconds = round(time.perf_counter() - start, 1)
+    calls = [(task, dataset, model_dir, variant, ratio, repeat, label_fraction_of(ratio) if label_fraction_of else None)
+             for variant, ratio, repeat in todo]
+    for (_, _, _, variant, ratio, repeat, _), metrics, seconds in finetune_results(ctx, calls):
         ctx.records.add(experiment, {
             "experiment": experiment, "task": task, "dataset": dataset, "preset": label, "setting": setting_name,
             "variant": variant, "ratio": ratio, "repeat": repeat, "metrics": metrics, "seconds": seconds,
@@ -413,8 +500,12 @@ def run_grid(ctx: Context, experiment: str, task: str, dataset: str, preset: str
 # -------------------------------------------------------------------------------------------------------- baselines
 
 
-def demographic_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, label_fraction=None) -> dict:
-    """Majority class and LR on TF-IDF bag-of-items, on the user models' split (`demographics_splits`)."""
+def demographic_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, label_fraction=None,
+                          recent: int | None = None) -> dict:
+    """Majority class and LR on TF-IDF bag-of-items, on the user models' split (`demographics_splits`).
+
+    With `recent`, also LR on the bag of each user's last `recent` items only (`lr_tfidf_last{recent}`): what the user
+    models see, since they keep only the most recent `max_behaviors`."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
@@ -429,12 +520,17 @@ def demographic_baselines(ctx: Context, dataset: str, ratio: float, repeat: int,
     vectorizer = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
     features = {"lr_tfidf": [vectorizer.fit_transform(docs(train))]}
     features["lr_tfidf"] += [vectorizer.transform(docs(validation)), vectorizer.transform(docs(test))]
+    if recent is not None:
+        last = lambda part: [" ".join(f"i{b}" for b in ids[-recent:]) for ids in part["behavior_ids"]]  # noqa: E731
+        bag = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
+        features[f"lr_tfidf_last{recent}"] = [bag.fit_transform(last(train)), bag.transform(last(validation)),
+                                              bag.transform(last(test))]
     # The same model on the words of the behavior texts (what the user models read) instead of item identities.
     texts = lambda part: [" ".join(data.behaviors[b] for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
     words = TfidfVectorizer(sublinear_tf=True, min_df=2)
     features["lr_tfidf_words"] = [words.fit_transform(texts(train)), words.transform(texts(validation)),
                                   words.transform(texts(test))]
-    out = {"majority": {}, "lr_tfidf": {}, "lr_tfidf_words": {}}
+    out = {"majority": {}, **{variant: {} for variant in features}}
     for head in ("age", "gender"):
         y_train, y_val, y_test = (np.asarray(p[head], dtype=float) for p in (train, validation, test))
         keep_train, keep_val, keep_test = (~np.isnan(y) for y in (y_train, y_val, y_test))
@@ -560,14 +656,15 @@ def run_baselines(ctx: Context):
     for task, dataset in jobs:
         for ratio in s.ratios:
             for repeat in range(s.repeats):
-                wanted = (("majority", "lr_tfidf", "lr_tfidf_words") if task == "demographics"
-                          else ("item_mean", "lr_user_item", "cosine_tfidf"))
+                wanted = (("majority", "lr_tfidf", "lr_tfidf_words", f"lr_tfidf_last{s.history_length}")
+                          if task == "demographics" else ("item_mean", "lr_user_item", "cosine_tfidf"))
                 missing = tuple(v for v in wanted if (experiment, task, dataset, "-", "-", v, ratio, repeat) not in done)
                 if not missing:
                     continue
                 start = time.perf_counter()
                 if task == "demographics":
-                    results = demographic_baselines(ctx, dataset, ratio, repeat)
+                    results = demographic_baselines(ctx, dataset, ratio, repeat, recent=s.history_length)
+                    results = {v: m for v, m in results.items() if v in missing}
                 else:
                     results = ctr_baselines(ctx, dataset, ratio, repeat, only=missing if len(missing) == 1 else None)
                 seconds = round(time.perf_counter() - start, 1)
@@ -776,17 +873,39 @@ def baseline_cells(ctx):
     return group(ctx.records.load("baselines"))
 
 
+def variant_name(variant: str) -> str:
+    if variant.startswith("lr_tfidf_last"):
+        return f"LR, TF-IDF bag of the last {variant[len('lr_tfidf_last'):]} items"
+    return VARIANT_NAMES.get(variant, variant)
+
+
 def ratio_label(ratio) -> str:
     return f"{ratio:.0%}" if isinstance(ratio, float) and ratio <= 1.0 else f"{ratio} users"
 
 
+def history_length(label: str) -> int | None:
+    """The number of recent behaviors a user model of this table label sees; None for a baseline row ("-")."""
+    if label == "-":
+        return None
+    match = re.search(r"\[(\d+) behaviors\]", label)
+    if match:
+        return int(match.group(1))
+    size = re.search(r"\[(\w+)\]", label)
+    return SIZES[size.group(1) if size and size.group(1) in SIZES else "small"].get("max_behaviors", 100)
+
+
 def with_baselines(cells, baselines=None):
-    """Each cell's key and its variants, joined by the baseline rows of the same task, dataset and ratio."""
+    """Each cell's key and its variants, joined by the baseline rows of the same task, dataset and ratio.
+
+    Of the LR baselines on a user's last N items, only the one with the model's own N joins, as `lr_tfidf_same`."""
     for key, variants in sorted(cells.items(), key=lambda kv: str(kv[0])):
         rows = dict(variants)
+        same = f"lr_tfidf_last{history_length(key[2])}"
         for (b_task, b_dataset, _, _, b_ratio), b_variants in (baselines or {}).items():
             if (b_task, b_dataset, b_ratio) == (key[0], key[1], key[4]):
-                rows.update(b_variants)
+                rows.update({("lr_tfidf_same" if v == same and key[2] != "-" else v): m
+                             for v, m in b_variants.items()
+                             if not v.startswith("lr_tfidf_last") or (v == same and key[2] != "-")})
         yield key, rows
 
 
@@ -798,7 +917,7 @@ def variant_table(cells, metrics, baselines=None, include_setting=False) -> list
         for variant, by_repeat in rows.items():
             values = [mean_std([m.get(metric, math.nan) for m in by_repeat.values()]) for metric in metrics]
             cells_ = [dataset, preset] + ([setting] if include_setting else []) + [
-                ratio_label(ratio), VARIANT_NAMES.get(variant, variant), str(len(by_repeat))]
+                ratio_label(ratio), variant_name(variant), str(len(by_repeat))]
             lines.append("| " + " | ".join(cells_ + values) + " |")
     return lines
 
@@ -809,7 +928,7 @@ def paired_table(cells, metrics, comparisons, baselines=None) -> list[str]:
     for (task, dataset, preset, setting, ratio), rows in with_baselines(cells, baselines):
         for a, b in comparisons:
             if a in rows and b in rows:
-                label = f"{VARIANT_NAMES[a]} − {VARIANT_NAMES[b]}"
+                label = f"{variant_name(a)} − {variant_name(b)}"
                 lines.append("| " + " | ".join([dataset, preset, ratio_label(ratio), label] + [
                     paired(rows[a], rows[b], m) for m in metrics]) + " |")
     return lines
@@ -817,7 +936,7 @@ def paired_table(cells, metrics, comparisons, baselines=None) -> list[str]:
 
 PROBE_COMPARISONS = [("probe_ptum", "probe_random"), ("probe_ptum", "lr_tfidf")]
 DEMOGRAPHIC_COMPARISONS = [("ptum_finetune", "scratch"), ("ptum_frozen", "scratch"), ("ptum_finetune", "lr_tfidf"),
-                           ("scratch", "lr_tfidf")]
+                           ("scratch", "lr_tfidf"), ("ptum_finetune", "lr_tfidf_same"), ("scratch", "lr_tfidf_same")]
 CTR_COMPARISONS = [("ptum_finetune", "scratch"), ("ptum_frozen", "scratch"), ("ptum_finetune", "lr_user_item"),
                    ("ptum_finetune", "item_mean")]
 
@@ -922,19 +1041,17 @@ def write_plots(ctx: Context) -> list[Path]:
                 ratios = sorted({c[4] for c in cells if c[1:3] == (dataset, preset)})
                 variant_rows = {}
                 for ratio in ratios:
-                    cell = cells[(task, dataset, preset, "mbp+nbp", ratio)]
-                    for (b_task, b_dataset, _, _, b_ratio), b_variants in base.items():
-                        if (b_task, b_dataset, b_ratio) == (task, dataset, ratio):
-                            cell = {**cell, **b_variants}
+                    key = (task, dataset, preset, "mbp+nbp", ratio)
+                    _, cell = next(with_baselines({key: cells[key]}, base))
                     for variant, by_repeat in cell.items():
                         if variant == "item_mean" and task == "demographics":
                             continue
                         variant_rows.setdefault(variant, []).append((ratio, *series(by_repeat, metric)))
                 for variant, points in variant_rows.items():
                     x, y, e = zip(*points)
-                    style = "--" if variant in BASELINE_VARIANTS else "-"
+                    style = "--" if variant in BASELINE_VARIANTS + ("lr_tfidf_same",) else "-"
                     ax.errorbar(x, y, yerr=e, marker="o", linestyle=style, capsize=3,
-                                label=VARIANT_NAMES.get(variant, variant))
+                                label=variant_name(variant))
                 ax.set_title(f"{preset}, {dataset}", fontsize=9)
                 ax.set_xlabel("share of labeled training users")
                 ax.set_ylabel(metric)
@@ -1026,6 +1143,25 @@ def run_header(ctx: Context, argv) -> str:
             f". The invocations that produced the records (arguments, seeds, model size) are in `runs.jsonl`.\n\n")
 
 
+@contextlib.contextmanager
+def worker_pool(ctx: Context, jobs: int, threads: int):
+    """`ctx.pool`: `jobs` spawned processes with `threads // jobs` threads each (none for jobs=1)."""
+    if jobs <= 1:
+        yield
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    initargs = (ctx.settings, str(ctx.output_dir), str(ctx.work_dir), ctx.quick, max(1, threads // jobs))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+                             initargs=initargs) as pool:
+        ctx.pool = pool
+        try:
+            yield
+        finally:
+            ctx.pool = None
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -1044,25 +1180,25 @@ def main(argv=None):
                                                            else Path("outputs/reproduce"))
     output_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(settings, output_dir, work_dir, args.quick)
-    ctx._scale_users = settings.scale_users
     start = time.perf_counter()
     from . import __version__
 
     run_info = {"argv": argv, "version": __version__, "git_commit": git_commit(), "python": platform.python_version(),
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "settings": asdict(settings),
                 "model_overrides": settings.model_overrides, "experiments": experiments, "quick": args.quick,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "jobs": args.jobs, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     header = run_header(ctx, argv)
     if not experiments:  # `--experiments none`: only rebuild the tables and plots from the records
         write_tables(ctx, header)
         write_plots(ctx)
-    for experiment in experiments:
-        log(f"experiment {experiment}")
-        t = time.perf_counter()
-        RUNNERS[experiment](ctx)
-        ctx.timings[f"experiment {experiment}"] = round(time.perf_counter() - t, 1)
-        write_tables(ctx, header)
-        write_plots(ctx)
+    with worker_pool(ctx, args.jobs, torch.get_num_threads()):
+        for experiment in experiments:
+            log(f"experiment {experiment}")
+            t = time.perf_counter()
+            RUNNERS[experiment](ctx)
+            ctx.timings[f"experiment {experiment}"] = round(time.perf_counter() - t, 1)
+            write_tables(ctx, header)
+            write_plots(ctx)
     run_info["seconds"] = round(time.perf_counter() - start, 1)
     run_info["timings"] = ctx.timings
     run_info["pretraining"] = pretraining_summary(ctx)
