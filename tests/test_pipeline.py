@@ -83,6 +83,13 @@ def test_user_model_learning_rate_is_its_own_optimizer_group(pretrained, data, t
         by_lr.setdefault(group["initial_lr"], set()).update(ids)
     assert by_lr[1e-5] == user_model and by_lr[1e-3] == {id(p) for p in model.parameters()} - user_model
     assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0, 0.01}  # the Trainer's own groups
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 1e-3  # the one the Trainer logs: the head's
+    from ptum_hf.finetuning import PTUMTrainer
+
+    own = PTUMTrainer(model=model, args=trainer.args, eval_dataset=trainer.eval_dataset, optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None),
+                      user_model_learning_rate=1e-5)
+    with pytest.raises(ValueError, match="an optimizer was passed in"):
+        own.create_optimizer()
     with pytest.raises(ValueError, match="user_model_learning_rate has no effect with freeze_user_model"):
         FinetuneArguments(model_name_or_path="x", freeze_user_model=True, user_model_learning_rate=1e-5)
     with pytest.raises(ValueError, match="user_model_learning_rate must be > 0"):
@@ -94,7 +101,9 @@ def test_new_demographic_heads_get_a_layer_norm_and_saved_heads_keep_theirs(pret
 
     heads = {"age": 4, "gender": 2}
     base = str(pretrained / "model")
-    assert isinstance(build_model(FinetuneArguments(model_name_or_path=base), None, heads).norm, torch.nn.LayerNorm)
+    norm = build_model(FinetuneArguments(model_name_or_path=base), None, heads).norm
+    assert isinstance(norm, torch.nn.LayerNorm)  # missing from the checkpoint: initialised, not left as memory
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(norm.bias, torch.zeros_like(norm.bias))
     plain = build_model(FinetuneArguments(model_name_or_path=base, classifier_layer_norm=False), None, heads)
     assert isinstance(plain.norm, torch.nn.Identity)
     plain.save_pretrained(tmp_path / "head")  # a fine-tuned model without the norm: loading it must not add one

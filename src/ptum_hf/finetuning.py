@@ -6,6 +6,7 @@
 """
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .modeling_ptum import PTUMForCTR, PTUMForDemographicClassification
 from .training_utils import split_users_three_way
 
 TASKS = ("demographics", "ctr")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,18 +99,27 @@ class PTUMTrainer(Trainer):
         self.user_model_learning_rate = user_model_learning_rate
 
     def create_optimizer(self, model=None):
+        if self.user_model_learning_rate is not None and self.optimizer is not None:
+            raise ValueError("user_model_learning_rate needs the Trainer to build the optimizer; an optimizer was "
+                             "passed in (`optimizers=`): give it the two learning rates yourself")
         optimizer = super().create_optimizer(model)
         if self.user_model_learning_rate is None:
             return optimizer
-        user_model = {id(p) for p in (model or self.model).ptum.parameters()}
+        user_model = self.accelerator.unwrap_model(model or self.model).ptum
+        user_ids = {id(p) for p in user_model.parameters()}
         groups = list(optimizer.param_groups)
         optimizer.param_groups.clear()  # no step has run yet: there is no optimizer state to keep in line
         for group in groups:
-            for in_user_model in (True, False):
-                params = [p for p in group["params"] if (id(p) in user_model) == in_user_model]
+            for in_user_model in (False, True):  # the head's group first: the Trainer logs the first group's lr
+                params = [p for p in group["params"] if (id(p) in user_ids) == in_user_model]
                 if params:
                     lr = self.user_model_learning_rate if in_user_model else group["lr"]
                     optimizer.add_param_group({**group, "params": params, "lr": lr})
+        on_user_lr = {id(p) for g in optimizer.param_groups if g["lr"] == self.user_model_learning_rate
+                      for p in g["params"]}
+        if any(p.requires_grad and id(p) not in on_user_lr for p in user_model.parameters()):
+            raise ValueError(f"user_model_learning_rate is not supported with optim={self.args.optim!r} or this model "
+                             "wrapping (the optimizer does not hold the user model's own parameters)")
         return optimizer
 
 
@@ -128,8 +139,12 @@ def build_model(args: FinetuneArguments, tokenizer, label_heads: dict[str, int] 
     if label_heads is not None:
         overrides["label_heads"] = label_heads
     overrides["freeze_user_model"] = args.freeze_user_model
-    if args.task == "demographics" and "classifier_layer_norm" not in overrides and not _has_head(args, head_class):
-        overrides["classifier_layer_norm"] = args.classifier_layer_norm
+    if args.task == "demographics" and "classifier_layer_norm" not in overrides:
+        if _has_head(args, head_class):
+            logger.info("%s already has a demographic head: its own classifier_layer_norm is kept",
+                        args.model_name_or_path)
+        else:
+            overrides["classifier_layer_norm"] = args.classifier_layer_norm
     if args.model_name_or_path and not args.from_scratch:
         return head_class.from_pretrained(args.model_name_or_path, **overrides)
     if args.model_name_or_path:

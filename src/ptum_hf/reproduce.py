@@ -134,7 +134,7 @@ class Settings:
         return preset + ("" if self.size == "small" else f" [{self.size}]") + (
             " (item ids)" if self.behavior_tokens == "item" else "") + (
             f" [{self.max_behaviors} behaviors]" if self.max_behaviors is not None else "") + (
-            " +LN head" if self.classifier_layer_norm else "") + (
+            " +LN head" if self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS else "") + (
             f" [lr {self.learning_rate:g}]" if self.learning_rate else "") + (
             f" [user lr {self.user_model_learning_rate:g}]" if self.user_model_learning_rate else "") + (
             f" {{{self.tag}}}" if self.tag else "")
@@ -461,8 +461,13 @@ def finetune_results(ctx: Context, calls):
     from concurrent.futures import as_completed
 
     futures = {ctx.pool.submit(_worker_finetune, *call): call for call in calls}
-    for future in as_completed(futures):
-        yield (futures[future], *future.result())
+    try:
+        for future in as_completed(futures):
+            yield (futures[future], *future.result())
+    except BaseException:  # a failed fine-tune or Ctrl-C: do not wait for the queued ones
+        for future in futures:
+            future.cancel()
+        raise
 
 
 def _timed(function, *args) -> tuple:
@@ -887,11 +892,15 @@ def history_length(label: str) -> int | None:
     """The number of recent behaviors a user model of this table label sees; None for a baseline row ("-")."""
     if label == "-":
         return None
+    label = re.sub(r"\s*\{.*\}$", "", label)  # a free-text --tag says nothing about the model
     match = re.search(r"\[(\d+) behaviors\]", label)
     if match:
         return int(match.group(1))
     size = re.search(r"\[(\w+)\]", label)
-    return SIZES[size.group(1) if size and size.group(1) in SIZES else "small"].get("max_behaviors", 100)
+    from .configuration_ptum import PTUMConfig
+
+    return SIZES[size.group(1) if size and size.group(1) in SIZES else "small"].get(
+        "max_behaviors", PTUMConfig().max_behaviors)
 
 
 def with_baselines(cells, baselines=None):
@@ -1153,13 +1162,17 @@ def worker_pool(ctx: Context, jobs: int, threads: int):
     from concurrent.futures import ProcessPoolExecutor
 
     initargs = (ctx.settings, str(ctx.output_dir), str(ctx.work_dir), ctx.quick, max(1, threads // jobs))
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
-                             initargs=initargs) as pool:
-        ctx.pool = pool
-        try:
-            yield
-        finally:
-            ctx.pool = None
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
+                               initargs=initargs)
+    ctx.pool = pool
+    try:
+        yield
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        ctx.pool = None
+        pool.shutdown()
 
 
 def main(argv=None):
