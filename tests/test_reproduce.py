@@ -93,6 +93,14 @@ def test_jobs_give_the_same_records_as_one_process(quick_run, tmp_path):
     assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])["jobs"] == 2
 
 
+def test_sweeps_can_run_in_the_synthetic_scale_setting(tmp_path):
+    main(["--quick", "--output_dir", str(tmp_path), "--experiments", "lambda", "--sweep_data", "scale",
+          "--num_threads", "1"])
+    records = [json.loads(line) for line in (tmp_path / "raw" / "lambda.jsonl").read_text().splitlines()]
+    assert {(r["dataset"], r["ratio"], r["setting"]) for r in records} == {
+        ("synthetic", 4, "lambda=0"), ("synthetic", 4, "lambda=1")}  # QUICK: 4 labeled users of scale_users
+
+
 def test_same_history_baseline_joins_the_model_that_sees_that_history():
     baselines = {("demographics", "movielens-100k", "-", "-", 1.0): {
         "lr_tfidf": {0: {"gender_auc": 0.74}}, "lr_tfidf_last50": {0: {"gender_auc": 0.68}},

@@ -10,7 +10,8 @@ Experiments (`--experiments`, comma separated):
   finetune, PTUM finetune} x label ratios; repeat r uses its own 80/10/10 user split (`split_seed=r`).
 - `table3`: CTR on MovieLens-100K (rating >= 4, time split) and on the synthetic task; GRU4Rec/NativeCTR/BERT4Rec.
 - `ablation`: pre-training tasks none / MBP only / NBP only / both, for HSA (demographics) and BERT4Rec (CTR).
-- `lambda`, `k`: the NBP weight lambda and the number K of next behaviors (HSA, demographics).
+- `lambda`, `k`: the NBP weight lambda and the number K of next behaviors (HSA, demographics). The ablation's
+  demographics part and these sweeps run on MovieLens, or with `--sweep_data scale` in the synthetic `scale` setting.
 - `baselines`: majority class and logistic regression on TF-IDF bag-of-items (demographics); item mean click rate
   and logistic regression on user and item one-hots (CTR); on exactly the splits the user models get.
 - `scale`: synthetic, pre-training users outnumbering labeled training users 50:1.
@@ -109,7 +110,8 @@ class Settings:
     classifier_layer_norm: bool = False
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
     user_model_learning_rate: float | None = None  # PTUM finetune only; None: the variant's learning rate
-    learning_rate: float | None = None  # the Trainer's (head's) learning rate; None: each variant's own (VARIANTS)
+    learning_rate: float | None = None  # PTUM finetune: the Trainer's (head's) learning rate; None: VARIANTS'
+    sweep_data: str = "movielens"  # where ablation (demographics), lambda and K run: movielens or scale
     tag: str = ""
     seed: int = 0
 
@@ -173,7 +175,10 @@ def parse_args(argv=None):
     parser.add_argument("--classifier_layer_norm", action="store_true", default=None,
                         help="LayerNorm on the user vector before the demographic classifier (PTUMConfig).")
     parser.add_argument("--learning_rate", type=float, default=None,
-                        help="The Trainer's learning rate for every variant run (default: each variant's own).")
+                        help="PTUM finetune: the Trainer's (the head's) learning rate (default: 5e-4, VARIANTS).")
+    parser.add_argument("--sweep_data", choices=("movielens", "scale"), default=None,
+                        help="Where the ablation (demographics), lambda and K run: MovieLens (default) or the synthetic "
+                             "`scale` setting (scale_users pre-train, scale_labeled labeled).")
     parser.add_argument("--user_model_learning_rate", type=float, default=None,
                         help="PTUM finetune: the user model's own learning rate (the head keeps the variant's).")
     parser.add_argument("--pretrain_epochs", type=int, default=None)
@@ -221,7 +226,8 @@ def build_settings(args) -> Settings:
         changes["ctr_datasets"] = tuple(d.strip() for d in args.ctr_datasets.split(",") if d.strip())
     for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "ctr_max_steps",
                  "synthetic_users", "scale_users", "scale_labeled", "data_dir", "behavior_tokens", "ablation_ratio", "tag",
-                 "max_behaviors", "classifier_layer_norm", "user_model_learning_rate", "learning_rate"):
+                 "max_behaviors", "classifier_layer_norm", "user_model_learning_rate", "learning_rate",
+                 "sweep_data"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     settings = replace(settings, **changes)
@@ -404,7 +410,8 @@ def finetune_run(ctx: Context, task: str, dataset: str, model_dir: Path, variant
 
     s = ctx.settings
     overrides, learning_rate = VARIANTS[variant]
-    learning_rate = s.learning_rate or learning_rate
+    if s.learning_rate and variant == "ptum_finetune":
+        learning_rate = s.learning_rate
     overrides = dict(overrides)
     if s.user_model_learning_rate and variant == "ptum_finetune":
         overrides["user_model_learning_rate"] = s.user_model_learning_rate
@@ -709,9 +716,29 @@ def run_ablation(ctx):
     if ctx.quick:
         jobs = [("demographics", MOVIELENS, "hsa"), ("ctr", s.ctr_datasets[0], s.ctr_presets[0])]
     for task, dataset, preset in [job for job in jobs if job[0] in s.ablation_tasks]:
-        run_grid(ctx, "ablation", task, dataset, preset, "none", {}, ("scratch",), ratio)
+        grid = sweep_grid(ctx) if task == "demographics" else dict(dataset=dataset, ratios=ratio)
+        run_grid(ctx, "ablation", task, preset=preset, setting_name="none", setting={}, variants=("scratch",), **grid)
         for name, setting in ABLATION.items():
-            run_grid(ctx, "ablation", task, dataset, preset, name, setting, ("ptum_finetune",), ratio)
+            run_grid(ctx, "ablation", task, preset=preset, setting_name=name, setting=setting,
+                     variants=("ptum_finetune",), **grid)
+
+
+def sweep_grid(ctx) -> dict:
+    """Dataset, ratios and pre-training size of the demographics sweeps: MovieLens at `ablation_ratio`, or the
+    synthetic `scale` setting (`scale_users` pre-train, `scale_labeled` of them labeled)."""
+    s = ctx.settings
+    if s.sweep_data == "movielens":
+        return dict(dataset=MOVIELENS, ratios=(s.ablation_ratio,))
+    return scale_grid(ctx)
+
+
+def scale_grid(ctx) -> dict:
+    """The synthetic `scale` setting: every user pre-trains; `scale_labeled` of the training users carry labels."""
+    s = ctx.settings
+    ctx._scale_users = s.scale_users
+    fraction = s.scale_labeled / int(round(0.8 * s.scale_users))
+    return dict(dataset=SYNTHETIC, ratios=(s.scale_labeled,), num_users=s.scale_users,
+                max_steps=s.scale_pretrain_steps, label_fraction_of=lambda _: fraction)
 
 
 def run_lambda(ctx):
@@ -723,33 +750,31 @@ def run_k(ctx):
 
 
 def run_sweep(ctx, experiment: str, field: str, values, default, name):
-    """PTUM finetune on MovieLens demographics (HSA) for each value of one PTUMConfig field; the default value runs
-    with no override, so it shares the main pre-training."""
+    """PTUM finetune on demographics (HSA; `sweep_grid`) for each value of one PTUMConfig field; the default value
+    runs with no override, so it shares the main pre-training."""
     for value in values:
         setting = {field: value} if value != default else {}
-        run_grid(ctx, experiment, "demographics", MOVIELENS, "hsa", name(value), setting, ("ptum_finetune",),
-                 (ctx.settings.ablation_ratio,))
+        run_grid(ctx, experiment, "demographics", preset="hsa", setting_name=name(value), setting=setting,
+                 variants=("ptum_finetune",), **sweep_grid(ctx))
 
 
 def run_scale(ctx):
     """Synthetic: every user pre-trains; `scale_labeled` of them carry labels for training."""
     s = ctx.settings
-    ctx._scale_users = s.scale_users
-    n_train = int(round(0.8 * s.scale_users))
-    fraction = s.scale_labeled / n_train
-    setting = "mbp+nbp"
+    grid = scale_grid(ctx)
     done = ctx.records.done("scale")
     for repeat in range(s.repeats):
         if ("scale", "demographics", SYNTHETIC, "-", "-", "lr_tfidf_words", s.scale_labeled, repeat) in done:
             continue
-        results = demographic_baselines(ctx, SYNTHETIC, s.scale_labeled, repeat, label_fraction=fraction)
+        results = demographic_baselines(ctx, SYNTHETIC, s.scale_labeled, repeat,
+                                        label_fraction=grid["label_fraction_of"](None))
         for variant, metrics in results.items():
             ctx.records.add("scale", {"experiment": "scale", "task": "demographics", "dataset": SYNTHETIC,
                                       "preset": "-", "setting": "-", "variant": variant, "ratio": s.scale_labeled,
                                       "repeat": repeat, "metrics": metrics, "seconds": 0})
     # The pre-training reads `scale_users` synthetic users; the fine-tune loads the same users.
-    run_grid(ctx, "scale", "demographics", SYNTHETIC, "hsa", setting, {}, tuple(VARIANTS), (s.scale_labeled,),
-             num_users=s.scale_users, max_steps=s.scale_pretrain_steps, label_fraction_of=lambda _: fraction)
+    run_grid(ctx, "scale", "demographics", preset="hsa", setting_name="mbp+nbp", setting={},
+             variants=tuple(VARIANTS), **grid)
 
 
 def user_vectors(model_dir: Path, data, random_init: bool = False) -> np.ndarray:
