@@ -17,10 +17,11 @@ from ptum_hf.pretraining import PretrainingArguments, pretrain
 from ptum_hf.training_utils import atomic_write_text, load_behavior_data
 
 VARIANTS = {
-    # name: (FinetuneArguments overrides, learning rate); the frozen model only trains a linear head: larger steps.
+    # name: (FinetuneArguments overrides, learning rate). A new head needs large steps; the pre-trained encoders keep
+    # small ones (results/README.md, session 3).
     "from scratch": ({"from_scratch": True}, 1e-3),
     "PTUM no finetune": ({"freeze_user_model": True}, 1e-2),
-    "PTUM finetune": ({}, 5e-4),
+    "PTUM finetune": ({"user_model_learning_rate": 1e-3}, 1e-2),
 }
 COLUMNS = ("age_accuracy", "age_macro_f1", "gender_accuracy", "gender_macro_f1")
 
