@@ -297,7 +297,6 @@ class Context:
         self._data = {}
         self.timings = {}
         self.pool = None  # worker processes for the fine-tunes (--jobs > 1)
-        self._scale_users = settings.scale_users
 
     def data(self, name: str, num_users: int | None = None):
         """A dataset by name, loaded once."""
@@ -431,7 +430,7 @@ def finetune_run(ctx: Context, task: str, dataset: str, model_dir: Path, variant
         str(out), task, learning_rate=learning_rate, per_device_train_batch_size=s.finetune_batch_size,
         seed=repeat, data_seed=repeat, save_total_limit=1, **extra,
     )
-    data = ctx.data(dataset) if dataset != SYNTHETIC or label_fraction is None else ctx.data(dataset, ctx._scale_users)
+    data = ctx.data(dataset) if dataset != SYNTHETIC or label_fraction is None else ctx.data(dataset, ctx.settings.scale_users)
     # `finetune` builds the model (fresh head, or every weight from scratch) before the Trainer seeds anything, so the
     # initialisation would depend on whatever ran before in this process: seed it per repeat.
     from transformers import set_seed
@@ -525,23 +524,24 @@ def demographic_baselines(ctx: Context, dataset: str, ratio: float, repeat: int,
     from .finetuning import FinetuneArguments, demographics_splits
 
     name = ctx.data_name(dataset)
-    data = ctx.data(name) if label_fraction is None else ctx.data(name, ctx._scale_users)
+    data = ctx.data(name) if label_fraction is None else ctx.data(name, ctx.settings.scale_users)
     args = FinetuneArguments(dataset=name, label_fraction=label_fraction or ratio, split_seed=repeat)
     train, validation, test = demographics_splits(data, args)
-    docs = lambda part: [" ".join(f"i{b}" for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
-    vectorizer = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
-    features = {"lr_tfidf": [vectorizer.fit_transform(docs(train))]}
-    features["lr_tfidf"] += [vectorizer.transform(docs(validation)), vectorizer.transform(docs(test))]
+
+    def bag(keep=None):  # each user's items (only the last `keep` of them) as one document
+        return lambda part: [" ".join(f"i{b}" for b in (ids[-keep:] if keep else ids)) for ids in part["behavior_ids"]]
+
+    def fit_transform(vectorizer, docs):  # fitted on the training users only
+        return [vectorizer.fit_transform(docs(train)), vectorizer.transform(docs(validation)),
+                vectorizer.transform(docs(test))]
+
+    items = dict(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
+    features = {"lr_tfidf": fit_transform(TfidfVectorizer(**items), bag())}
     if recent is not None:
-        last = lambda part: [" ".join(f"i{b}" for b in ids[-recent:]) for ids in part["behavior_ids"]]  # noqa: E731
-        bag = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
-        features[f"lr_tfidf_last{recent}"] = [bag.fit_transform(last(train)), bag.transform(last(validation)),
-                                              bag.transform(last(test))]
+        features[f"lr_tfidf_last{recent}"] = fit_transform(TfidfVectorizer(**items), bag(recent))
     # The same model on the words of the behavior texts (what the user models read) instead of item identities.
     texts = lambda part: [" ".join(data.behaviors[b] for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
-    words = TfidfVectorizer(sublinear_tf=True, min_df=2)
-    features["lr_tfidf_words"] = [words.fit_transform(texts(train)), words.transform(texts(validation)),
-                                  words.transform(texts(test))]
+    features["lr_tfidf_words"] = fit_transform(TfidfVectorizer(sublinear_tf=True, min_df=2), texts)
     out = {"majority": {}, **{variant: {} for variant in features}}
     for head in ("age", "gender"):
         y_train, y_val, y_test = (np.asarray(p[head], dtype=float) for p in (train, validation, test))
@@ -735,7 +735,6 @@ def sweep_grid(ctx) -> dict:
 def scale_grid(ctx) -> dict:
     """The synthetic `scale` setting: every user pre-trains; `scale_labeled` of the training users carry labels."""
     s = ctx.settings
-    ctx._scale_users = s.scale_users
     fraction = s.scale_labeled / int(round(0.8 * s.scale_users))
     return dict(dataset=SYNTHETIC, ratios=(s.scale_labeled,), num_users=s.scale_users,
                 max_steps=s.scale_pretrain_steps, label_fraction_of=lambda _: fraction)
