@@ -125,11 +125,24 @@ def test_label_fraction_takes_a_nested_share_of_training_users(data):
 
 
 def test_ctr_finetuning(pretrained, data, tmp_path):
-    args = FinetuneArguments(task="ctr", model_name_or_path=str(pretrained / "model"))
+    args = FinetuneArguments(task="ctr", model_name_or_path=str(pretrained / "model"), max_eval_samples=50)
     training_args = default_training_arguments(str(tmp_path), "ctr", num_train_epochs=1,
                                                per_device_train_batch_size=32)
-    _, metrics = finetune(args, training_args, data=data)
+    trainer, metrics = finetune(args, training_args, data=data)
     assert 0.0 <= metrics["test_auc"] <= 1.0 and 0.0 <= metrics["test_ap"] <= 1.0
+    assert len(trainer.eval_dataset) == 50 < len(data.ctr["validation"])  # model selection on a subset
+
+
+def test_eval_subset_is_a_seeded_ordered_sample_of_validation(data):
+    from ptum_hf.finetuning import eval_subset
+
+    validation = data.ctr["validation"].add_column("row", list(range(len(data.ctr["validation"]))))
+    part = eval_subset(validation, 40, seed=3)
+    assert len(set(part["row"])) == 40 and part["row"] == sorted(part["row"])  # distinct rows, in their order
+    assert part["row"] == eval_subset(validation, 40, seed=3)["row"] != eval_subset(validation, 40, seed=4)["row"]
+    assert eval_subset(validation, None, 0) is validation and eval_subset(validation, 10**9, 0) is validation
+    with pytest.raises(ValueError, match="max_eval_samples must be >= 1"):
+        FinetuneArguments(max_eval_samples=0)
 
 
 def test_embed_with_and_without_cache_agree(pretrained, tmp_path):

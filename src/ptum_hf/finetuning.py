@@ -44,6 +44,11 @@ class FinetuneArguments:
     split_seed: int = field(default=0, metadata={"help": "Seed of the 80/10/10 user split (demographics)."})
     tokenizer_vocab_size: int = field(default=8000)
     early_stopping_patience: int = field(default=0, metadata={"help": "Evaluations without improvement (0: off)."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate during training on a seeded random subset of this many validation rows (the "
+                          "test split is always complete): cheaper model selection on large validation sets."},
+    )
     classifier_layer_norm: bool = field(
         default=True,
         metadata={"help": "A new demographic head gets a LayerNorm on the user vector (PTUMConfig.classifier_layer_norm); "
@@ -66,6 +71,8 @@ class FinetuneArguments:
             raise ValueError("from_scratch needs model_name_or_path (whose config and tokenizer it reuses)")
         if self.user_model_learning_rate is not None and not self.user_model_learning_rate > 0:
             raise ValueError(f"user_model_learning_rate must be > 0; got {self.user_model_learning_rate}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ValueError(f"max_eval_samples must be >= 1 or None; got {self.max_eval_samples}")
         if self.user_model_learning_rate is not None and self.freeze_user_model:
             raise ValueError("user_model_learning_rate has no effect with freeze_user_model (the user model is fixed)")
 
@@ -130,6 +137,14 @@ def label_subset(train, fraction: float, seed: int):
     order = np.random.default_rng(seed + 1).permutation(len(train))
     keep = max(1, int(round(fraction * len(train))))
     return train.select(np.sort(order[:keep]))
+
+
+def eval_subset(validation, size: int | None, seed: int):
+    """A seeded random `size` rows of the validation split, in their original order (all of it when smaller)."""
+    if size is None or size >= len(validation):
+        return validation
+    keep = np.random.default_rng(seed + 2).choice(len(validation), size, replace=False)
+    return validation.select(np.sort(keep))
 
 
 def build_model(args: FinetuneArguments, tokenizer, label_heads: dict[str, int] | None):
@@ -224,6 +239,7 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=Non
     (enable_full_determinism if training_args.full_determinism else set_seed)(training_args.seed)
     model = build_model(args, tokenizer, label_heads)
     train, validation, test = (demographics_splits if args.task == "demographics" else ctr_splits)(data, args)
+    validation = eval_subset(validation, args.max_eval_samples, args.split_seed)
     collator = build_collator(args, data, tokenizer, model.config, token_cache)
     compute_metrics = (
         make_demographics_compute_metrics(model.config.label_heads) if args.task == "demographics"

@@ -50,11 +50,12 @@ CTR_PRESETS = ("gru4rec", "nativectr", "bert4rec")
 MOVIELENS = "movielens-100k"
 SYNTHETIC = "synthetic"
 
-# name: (FinetuneArguments overrides, learning rate). The frozen user model trains only a linear head: larger steps.
+# name: (FinetuneArguments overrides, learning rate). A new head needs large steps; the pre-trained user model small
+# ones (session 3 of results/README.md: head 1e-2 with the user model at 1e-3 beat one rate of 5e-4 everywhere).
 VARIANTS = {
     "scratch": ({"from_scratch": True}, 1e-3),
     "ptum_frozen": ({"freeze_user_model": True}, 1e-2),
-    "ptum_finetune": ({}, 5e-4),
+    "ptum_finetune": ({}, 1e-2),  # the head's; the user model gets Settings.user_model_learning_rate
 }
 VARIANT_NAMES = {"scratch": "from scratch", "ptum_frozen": "PTUM no finetune", "ptum_finetune": "PTUM finetune",
                  "majority": "majority class", "lr_tfidf": "LR, TF-IDF bag-of-items",
@@ -77,6 +78,9 @@ SIZES = {
 }
 
 
+DEFAULT_USER_LR = 1e-3
+
+
 @dataclass
 class Settings:
     """Everything that decides the numbers; written next to the tables."""
@@ -93,25 +97,28 @@ class Settings:
     pretrain_max_steps: int = -1
     pretrain_batch_size: int = 32
     pretrain_learning_rate: float = 1e-3
-    finetune_epochs: int = 5
+    finetune_epochs: int = 40  # MovieLens: 20 epochs under-trains (PTUM finetune gender AUC -0.066 at 100%)
     finetune_batch_size: int = 64
-    ctr_max_steps: int = 400
-    ctr_eval_steps: int = 100
+    ctr_max_steps: int = 150
+    ctr_eval_steps: int = 75
+    ctr_eval_samples: int | None = 2000  # validation rows for CTR model selection (the test split stays whole)
+    ctr_repeats: int = 2  # CTR's time split is the same for every repeat: only the labeled subset and seed vary
+    sweep_repeats: int = 3  # lambda and K
     ablation_ratio: float = 0.2
     ablation_tasks: tuple = ("demographics", "ctr")
     lambdas: tuple = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
     ks: tuple = (1, 2, 3, 4, 5)
     scale_users: int = 51250
-    scale_labeled: int = 1000
+    scale_labeled: tuple = (200, 1000)  # 250:1 and the issue's 50:1; the sweeps use the first
     scale_pretrain_steps: int = 1500
     tokenizer_vocab_size: int = 8000
     behavior_tokens: str = "text"
     max_behaviors: int | None = None  # None: the size's own
-    classifier_layer_norm: bool = False
+    classifier_layer_norm: bool = True
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
-    user_model_learning_rate: float | None = None  # PTUM finetune only; None: the variant's learning rate
+    user_model_learning_rate: float | None = DEFAULT_USER_LR  # PTUM finetune only; None: the head's rate for all
     learning_rate: float | None = None  # PTUM finetune: the Trainer's (head's) learning rate; None: VARIANTS'
-    sweep_data: str = "movielens"  # where ablation (demographics), lambda and K run: movielens or scale
+    sweep_data: str = "scale"  # where ablation, lambda and K run: movielens or the synthetic scale setting
     tag: str = ""
     seed: int = 0
 
@@ -136,9 +143,10 @@ class Settings:
         return preset + ("" if self.size == "small" else f" [{self.size}]") + (
             " (item ids)" if self.behavior_tokens == "item" else "") + (
             f" [{self.max_behaviors} behaviors]" if self.max_behaviors is not None else "") + (
-            " +LN head" if self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS else "") + (
+            " (no LN head)" if not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS else "") + (
             f" [lr {self.learning_rate:g}]" if self.learning_rate else "") + (
-            f" [user lr {self.user_model_learning_rate:g}]" if self.user_model_learning_rate else "") + (
+            "" if self.user_model_learning_rate == DEFAULT_USER_LR else " [one lr]"
+            if self.user_model_learning_rate is None else f" [user lr {self.user_model_learning_rate:g}]") + (
             f" {{{self.tag}}}" if self.tag else "")
 
 
@@ -146,7 +154,7 @@ QUICK = dict(
     size="tiny", repeats=1, ratios=(0.5,), demographic_presets=("hsa",), ctr_presets=("nativectr",),
     ctr_datasets=(SYNTHETIC,), synthetic_users=160, pretrain_epochs=1, pretrain_max_steps=4, pretrain_batch_size=16,
     finetune_epochs=1, finetune_batch_size=32, ctr_max_steps=4, ctr_eval_steps=2, ablation_ratio=0.5,
-    lambdas=(0.0, 1.0), ks=(1, 2), scale_users=200, scale_labeled=4, scale_pretrain_steps=4, tokenizer_vocab_size=400,
+    lambdas=(0.0, 1.0), ks=(1, 2), scale_users=200, scale_labeled=(4,), scale_pretrain_steps=4, tokenizer_vocab_size=400,
 )
 
 
@@ -172,32 +180,40 @@ def parse_args(argv=None):
                         help="Most recent behaviors per user the user models see (default: the size's; small: 50).")
     parser.add_argument("--variants", default=None,
                         help=f"Restrict the user-model variants, e.g. ptum_finetune (of {','.join(VARIANTS)}).")
-    parser.add_argument("--classifier_layer_norm", action="store_true", default=None,
+    parser.add_argument("--classifier_layer_norm", action=argparse.BooleanOptionalAction, default=None,
                         help="LayerNorm on the user vector before the demographic classifier (PTUMConfig).")
     parser.add_argument("--learning_rate", type=float, default=None,
-                        help="PTUM finetune: the Trainer's (the head's) learning rate (default: 5e-4, VARIANTS).")
+                        help="PTUM finetune: the Trainer's (the head's) learning rate (default: 1e-2, VARIANTS).")
     parser.add_argument("--sweep_data", choices=("movielens", "scale"), default=None,
-                        help="Where the ablation (demographics), lambda and K run: MovieLens (default) or the synthetic "
-                             "`scale` setting (scale_users pre-train, scale_labeled labeled).")
+                        help="Where the ablation, lambda and K run: the synthetic `scale` setting (default: scale_users "
+                             "pre-train, the first scale_labeled labeled; the CTR ablation on the synthetic CTR task) "
+                             "or MovieLens.")
     parser.add_argument("--user_model_learning_rate", type=float, default=None,
-                        help="PTUM finetune: the user model's own learning rate (the head keeps the variant's).")
+                        help="PTUM finetune: the user model's own learning rate (default 1e-3; the head keeps the "
+                             "variant's); 0: the head's rate for the whole model.")
     parser.add_argument("--pretrain_epochs", type=int, default=None)
     parser.add_argument("--pretrain_max_steps", type=int, default=None)
     parser.add_argument("--finetune_epochs", type=int, default=None)
     parser.add_argument("--ctr_max_steps", type=int, default=None)
     parser.add_argument("--synthetic_users", type=int, default=None)
     parser.add_argument("--scale_users", type=int, default=None)
-    parser.add_argument("--scale_labeled", type=int, default=None)
+    parser.add_argument("--scale_labeled", default=None, help="Labeled training users of the scale setting, e.g. "
+                        "200,1000 (the sweeps use the first).")
+    parser.add_argument("--ctr_repeats", type=int, default=None, help="Repeats of the CTR fine-tunes (at most --repeats).")
+    parser.add_argument("--sweep_repeats", type=int, default=None, help="Repeats of lambda and K (at most --repeats).")
+    parser.add_argument("--ctr_eval_samples", type=int, default=None,
+                        help="Validation impressions for CTR model selection; 0: all.")
     parser.add_argument("--ablation_tasks", default=None, help="demographics,ctr (HSA and BERT4Rec) or one of them.")
     parser.add_argument("--ablation_ratio", type=float, default=None, help="Label ratio of ablation, lambda, K.")
     parser.add_argument("--tag", default=None, help="Appended to the model name in the tables, e.g. 'long PT', to keep a "
                                                     "variant of the settings apart from the default runs.")
     parser.add_argument("--data_dir", default=None, help="MovieLens-100K folder (default: the loader's search).")
     parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads.")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=int, default=None,
                         help="Fine-tunes run side by side in this many worker processes, sharing the threads "
                              "(pre-training and baselines stay in the main process). Small models use two 1-thread "
-                             "processes better than one 2-thread process.")
+                             "processes better than one 2-thread process. Default: 2 where there are 2 cores, 1 with "
+                             "--quick.")
     return parser.parse_args(argv)
 
 
@@ -222,10 +238,19 @@ def build_settings(args) -> Settings:
         changes["variants"] = chosen
     if args.ablation_tasks:
         changes["ablation_tasks"] = tuple(t.strip() for t in args.ablation_tasks.split(",") if t.strip())
+    if args.scale_labeled:
+        try:
+            changes["scale_labeled"] = tuple(int(n) for n in args.scale_labeled.split(",") if n.strip())
+        except ValueError:
+            raise SystemExit(f"scale_labeled must be comma-separated counts, e.g. 200,1000; got {args.scale_labeled!r}")
+    if args.user_model_learning_rate == 0:  # one learning rate for the whole model
+        args.user_model_learning_rate, changes["user_model_learning_rate"] = None, None
+    if args.ctr_eval_samples == 0:
+        args.ctr_eval_samples, changes["ctr_eval_samples"] = None, None
     if args.ctr_datasets:
         changes["ctr_datasets"] = tuple(d.strip() for d in args.ctr_datasets.split(",") if d.strip())
     for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "ctr_max_steps",
-                 "synthetic_users", "scale_users", "scale_labeled", "data_dir", "behavior_tokens", "ablation_ratio", "tag",
+                 "synthetic_users", "scale_users", "ctr_repeats", "sweep_repeats", "ctr_eval_samples", "data_dir", "behavior_tokens", "ablation_ratio", "tag",
                  "max_behaviors", "classifier_layer_norm", "user_model_learning_rate", "learning_rate",
                  "sweep_data"):
         if getattr(args, name) is not None:
@@ -233,8 +258,12 @@ def build_settings(args) -> Settings:
     settings = replace(settings, **changes)
     if any(not 0.0 < r <= 1.0 for r in settings.ratios):
         raise SystemExit(f"ratios must be in (0, 1]; got {settings.ratios}")
-    if settings.repeats < 1:
-        raise SystemExit("repeats must be >= 1")
+    if min(settings.repeats, settings.ctr_repeats, settings.sweep_repeats) < 1:
+        raise SystemExit("repeats, ctr_repeats and sweep_repeats must be >= 1")
+    if not settings.scale_labeled or min(settings.scale_labeled) < 1:
+        raise SystemExit(f"scale_labeled must be positive counts; got {settings.scale_labeled}")
+    if args.jobs is None:
+        args.jobs = 1 if args.quick else min(2, os.cpu_count() or 1)
     if args.jobs < 1:
         raise SystemExit(f"jobs must be >= 1; got {args.jobs}")
     if settings.max_behaviors is not None and settings.max_behaviors < 2:
@@ -416,6 +445,8 @@ def finetune_run(ctx: Context, task: str, dataset: str, model_dir: Path, variant
         overrides["user_model_learning_rate"] = s.user_model_learning_rate
     if task == "demographics":  # explicit, so that the records keep meaning what they meant (library default: on)
         overrides["classifier_layer_norm"] = s.classifier_layer_norm
+    if task == "ctr":
+        overrides["max_eval_samples"] = s.ctr_eval_samples
     args = FinetuneArguments(
         task=task, model_name_or_path=str(model_dir), dataset=dataset, data_dir=ctx.data_name_dir(dataset),
         label_fraction=label_fraction if label_fraction is not None else ratio, split_seed=repeat, **overrides,
@@ -483,13 +514,14 @@ def _timed(function, *args) -> tuple:
 
 
 def run_grid(ctx: Context, experiment: str, task: str, dataset: str, preset: str, setting_name: str, setting: dict,
-             variants, ratios, num_users=None, max_steps=None, label_fraction_of=None):
+             variants, ratios, num_users=None, max_steps=None, label_fraction_of=None, repeats=None):
     """Pre-train (if a PTUM variant needs it) and run every (variant, ratio, repeat) not yet recorded."""
     s = ctx.settings
+    repeats = s.repeats if repeats is None else min(s.repeats, repeats)
     dataset = ctx.data_name(dataset)
     label = s.model_label(preset)
     done = ctx.records.done(experiment)
-    todo = [(v, r, k) for r in ratios for k in range(s.repeats) for v in variants
+    todo = [(v, r, k) for r in ratios for k in range(repeats) for v in variants
             if (experiment, task, dataset, label, setting_name, v, r, k) not in done]
     todo = [(v, r, k) for v, r, k in todo if v in s.variants]
     if not todo:
@@ -703,7 +735,8 @@ def run_table3(ctx):
     s = ctx.settings
     for dataset in s.ctr_datasets:
         for preset in s.ctr_presets:
-            run_grid(ctx, "table3", "ctr", dataset, preset, "mbp+nbp", {}, tuple(VARIANTS), s.ratios)
+            run_grid(ctx, "table3", "ctr", dataset, preset, "mbp+nbp", {}, tuple(VARIANTS), s.ratios,
+                     repeats=s.ctr_repeats)
 
 
 ABLATION = {"mbp only": {"use_nbp": False}, "nbp only": {"use_mbp": False}, "mbp+nbp": {}}
@@ -712,11 +745,12 @@ ABLATION = {"mbp only": {"use_nbp": False}, "nbp only": {"use_mbp": False}, "mbp
 def run_ablation(ctx):
     s = ctx.settings
     ratio = (s.ablation_ratio,)
-    jobs = [("demographics", MOVIELENS, "hsa"), ("ctr", s.ctr_datasets[0], "bert4rec")]
-    if ctx.quick:
-        jobs = [("demographics", MOVIELENS, "hsa"), ("ctr", s.ctr_datasets[0], s.ctr_presets[0])]
+    # CTR: on the synthetic task with the scale setting (where pre-training has something to give), else the first.
+    ctr_dataset = SYNTHETIC if s.sweep_data == "scale" and SYNTHETIC in s.ctr_datasets else s.ctr_datasets[0]
+    jobs = [("demographics", MOVIELENS, "hsa"), ("ctr", ctr_dataset, "bert4rec" if not ctx.quick else s.ctr_presets[0])]
     for task, dataset, preset in [job for job in jobs if job[0] in s.ablation_tasks]:
-        grid = sweep_grid(ctx) if task == "demographics" else dict(dataset=dataset, ratios=ratio)
+        grid = sweep_grid(ctx) if task == "demographics" else dict(dataset=dataset, ratios=ratio,
+                                                                     repeats=s.ctr_repeats)
         run_grid(ctx, "ablation", task, preset=preset, setting_name="none", setting={}, variants=("scratch",), **grid)
         for name, setting in ABLATION.items():
             run_grid(ctx, "ablation", task, preset=preset, setting_name=name, setting=setting,
@@ -729,14 +763,14 @@ def sweep_grid(ctx) -> dict:
     s = ctx.settings
     if s.sweep_data == "movielens":
         return dict(dataset=MOVIELENS, ratios=(s.ablation_ratio,))
-    return scale_grid(ctx)
+    return scale_grid(ctx, s.scale_labeled[0])
 
 
-def scale_grid(ctx) -> dict:
-    """The synthetic `scale` setting: every user pre-trains; `scale_labeled` of the training users carry labels."""
+def scale_grid(ctx, labeled: int) -> dict:
+    """The synthetic `scale` setting: every user pre-trains; `labeled` of the training users carry labels."""
     s = ctx.settings
-    fraction = s.scale_labeled / int(round(0.8 * s.scale_users))
-    return dict(dataset=SYNTHETIC, ratios=(s.scale_labeled,), num_users=s.scale_users,
+    fraction = labeled / int(round(0.8 * s.scale_users))
+    return dict(dataset=SYNTHETIC, ratios=(labeled,), num_users=s.scale_users,
                 max_steps=s.scale_pretrain_steps, label_fraction_of=lambda _: fraction)
 
 
@@ -754,26 +788,29 @@ def run_sweep(ctx, experiment: str, field: str, values, default, name):
     for value in values:
         setting = {field: value} if value != default else {}
         run_grid(ctx, experiment, "demographics", preset="hsa", setting_name=name(value), setting=setting,
-                 variants=("ptum_finetune",), **sweep_grid(ctx))
+                 variants=("ptum_finetune",), repeats=ctx.settings.sweep_repeats, **sweep_grid(ctx))
 
 
 def run_scale(ctx):
-    """Synthetic: every user pre-trains; `scale_labeled` of them carry labels for training."""
+    """Synthetic: every user pre-trains; each of `scale_labeled` (a count) of them carry labels for training."""
     s = ctx.settings
-    grid = scale_grid(ctx)
     done = ctx.records.done("scale")
-    for repeat in range(s.repeats):
-        if ("scale", "demographics", SYNTHETIC, "-", "-", "lr_tfidf_words", s.scale_labeled, repeat) in done:
-            continue
-        results = demographic_baselines(ctx, SYNTHETIC, s.scale_labeled, repeat,
-                                        label_fraction=grid["label_fraction_of"](None))
-        for variant, metrics in results.items():
-            ctx.records.add("scale", {"experiment": "scale", "task": "demographics", "dataset": SYNTHETIC,
-                                      "preset": "-", "setting": "-", "variant": variant, "ratio": s.scale_labeled,
-                                      "repeat": repeat, "metrics": metrics, "seconds": 0})
-    # The pre-training reads `scale_users` synthetic users; the fine-tune loads the same users.
-    run_grid(ctx, "scale", "demographics", preset="hsa", setting_name="mbp+nbp", setting={},
-             variants=tuple(VARIANTS), **grid)
+    for labeled in s.scale_labeled:
+        grid = scale_grid(ctx, labeled)
+        for repeat in range(s.repeats):
+            if ("scale", "demographics", SYNTHETIC, "-", "-", "lr_tfidf_words", labeled, repeat) in done:
+                continue
+            start = time.perf_counter()
+            results = demographic_baselines(ctx, SYNTHETIC, labeled, repeat,
+                                            label_fraction=grid["label_fraction_of"](None))
+            seconds = round(time.perf_counter() - start, 1)
+            for variant, metrics in results.items():
+                ctx.records.add("scale", {"experiment": "scale", "task": "demographics", "dataset": SYNTHETIC,
+                                          "preset": "-", "setting": "-", "variant": variant, "ratio": labeled,
+                                          "repeat": repeat, "metrics": metrics, "seconds": seconds})
+        # The pre-training reads `scale_users` synthetic users; the fine-tune loads the same users.
+        run_grid(ctx, "scale", "demographics", preset="hsa", setting_name="mbp+nbp", setting={},
+                 variants=tuple(VARIANTS), **grid)
 
 
 def user_vectors(model_dir: Path, data, random_init: bool = False) -> np.ndarray:
