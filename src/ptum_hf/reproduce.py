@@ -10,11 +10,12 @@ Experiments (`--experiments`, comma separated):
   finetune, PTUM finetune} x label ratios; repeat r uses its own 80/10/10 user split (`split_seed=r`).
 - `table3`: CTR on MovieLens-100K (rating >= 4, time split) and on the synthetic task; GRU4Rec/NativeCTR/BERT4Rec.
 - `ablation`: pre-training tasks none / MBP only / NBP only / both, for HSA (demographics) and BERT4Rec (CTR).
-- `lambda`, `k`: the NBP weight lambda and the number K of next behaviors (HSA, demographics). The ablation's
-  demographics part and these sweeps run on MovieLens, or with `--sweep_data scale` in the synthetic `scale` setting.
+- `lambda`, `k`: the NBP weight lambda and the number K of next behaviors (HSA, demographics). The ablation and
+  these sweeps run in the synthetic `scale` setting (its first labeled count; the CTR ablation on the synthetic CTR
+  task), where pre-training has something to give, or with `--sweep_data movielens` on MovieLens.
 - `baselines`: majority class and logistic regression on TF-IDF bag-of-items (demographics); item mean click rate
   and logistic regression on user and item one-hots (CTR); on exactly the splits the user models get.
-- `scale`: synthetic, pre-training users outnumbering labeled training users 50:1.
+- `scale`: synthetic, every user pre-trains (51,250) and 200 or 1,000 of the training users carry labels (250:1, 50:1).
 
 Pre-training uses every user's behaviors and no labels, once per (dataset, preset, pre-training setting); the
 fine-tunes reuse it. Every fine-tune's test metrics are appended to `<output_dir>/raw/<experiment>.jsonl` as soon as
@@ -99,6 +100,8 @@ class Settings:
     pretrain_learning_rate: float = 1e-3
     finetune_epochs: int = 40  # MovieLens: 20 epochs under-trains (PTUM finetune gender AUC -0.066 at 100%)
     finetune_batch_size: int = 64
+    # The scale setting: 200-1,000 labeled users, each epoch evaluated on 5,125 validation users (session 3's recipe)
+    scale_finetune_epochs: int = 5
     ctr_max_steps: int = 150
     ctr_eval_steps: int = 75
     ctr_eval_samples: int | None = 2000  # validation rows for CTR model selection (the test split stays whole)
@@ -153,7 +156,7 @@ class Settings:
 QUICK = dict(
     size="tiny", repeats=1, ratios=(0.5,), demographic_presets=("hsa",), ctr_presets=("nativectr",),
     ctr_datasets=(SYNTHETIC,), synthetic_users=160, pretrain_epochs=1, pretrain_max_steps=4, pretrain_batch_size=16,
-    finetune_epochs=1, finetune_batch_size=32, ctr_max_steps=4, ctr_eval_steps=2, ablation_ratio=0.5,
+    finetune_epochs=1, scale_finetune_epochs=1, finetune_batch_size=32, ctr_max_steps=4, ctr_eval_steps=2, ablation_ratio=0.5,
     lambdas=(0.0, 1.0), ks=(1, 2), scale_users=200, scale_labeled=(4,), scale_pretrain_steps=4, tokenizer_vocab_size=400,
 )
 
@@ -194,6 +197,8 @@ def parse_args(argv=None):
     parser.add_argument("--pretrain_epochs", type=int, default=None)
     parser.add_argument("--pretrain_max_steps", type=int, default=None)
     parser.add_argument("--finetune_epochs", type=int, default=None)
+    parser.add_argument("--scale_finetune_epochs", type=int, default=None,
+                        help="Fine-tuning epochs in the synthetic scale setting (and the sweeps run there).")
     parser.add_argument("--ctr_max_steps", type=int, default=None)
     parser.add_argument("--synthetic_users", type=int, default=None)
     parser.add_argument("--scale_users", type=int, default=None)
@@ -249,8 +254,8 @@ def build_settings(args) -> Settings:
         args.ctr_eval_samples, changes["ctr_eval_samples"] = None, None
     if args.ctr_datasets:
         changes["ctr_datasets"] = tuple(d.strip() for d in args.ctr_datasets.split(",") if d.strip())
-    for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "ctr_max_steps",
-                 "synthetic_users", "scale_users", "ctr_repeats", "sweep_repeats", "ctr_eval_samples", "data_dir", "behavior_tokens", "ablation_ratio", "tag",
+    for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "scale_finetune_epochs",
+                 "ctr_max_steps", "synthetic_users", "scale_users", "ctr_repeats", "sweep_repeats", "ctr_eval_samples", "data_dir", "behavior_tokens", "ablation_ratio", "tag",
                  "max_behaviors", "classifier_layer_norm", "user_model_learning_rate", "learning_rate",
                  "sweep_data"):
         if getattr(args, name) is not None:
@@ -453,7 +458,7 @@ def finetune_run(ctx: Context, task: str, dataset: str, model_dir: Path, variant
     )
     out = ctx.work_dir / "finetune" / f"current-{os.getpid()}"  # one per worker process (--jobs)
     shutil.rmtree(out, ignore_errors=True)
-    extra = dict(num_train_epochs=s.finetune_epochs)
+    extra = dict(num_train_epochs=s.finetune_epochs if label_fraction is None else s.scale_finetune_epochs)
     if task == "ctr":  # MovieLens has ~80k training impressions: a step budget with step-wise evaluation
         extra = dict(max_steps=s.ctr_max_steps, eval_strategy="steps", save_strategy="steps",
                      eval_steps=s.ctr_eval_steps, save_steps=s.ctr_eval_steps)
