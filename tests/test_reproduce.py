@@ -137,6 +137,8 @@ def test_arguments_are_checked():
 def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     settings = build_settings(parse_args([]))
     assert settings.classifier_layer_norm and settings.user_model_learning_rate == 1e-3
+    assert (settings.finetune_epochs, settings.scale_finetune_epochs) == (40, 5)
+    assert build_settings(parse_args(["--scale_finetune_epochs", "8"])).scale_finetune_epochs == 8
     assert settings.model_label("hsa") == "hsa" and settings.model_label("bert4rec") == "bert4rec"
     settings = build_settings(parse_args(["--no-classifier_layer_norm", "--user_model_learning_rate", "0"]))
     assert not settings.classifier_layer_norm and settings.user_model_learning_rate is None

@@ -1,6 +1,6 @@
 """Reproduce the PTUM paper's experiments (Wu et al., 2020) with this library's public API.
 
-    ptum-hf reproduce --output_dir results                       # everything (about 2 hours on 2 cores)
+    ptum-hf reproduce --output_dir results                       # everything (about 2 h 10 min on 2 cores)
     ptum-hf reproduce --quick --output_dir /tmp/r                # tiny version (a test runs it)
     ptum-hf reproduce --experiments table2 --presets hsa --ratios 0.2,1.0 --repeats 3
 
@@ -255,7 +255,8 @@ def build_settings(args) -> Settings:
     if args.ctr_datasets:
         changes["ctr_datasets"] = tuple(d.strip() for d in args.ctr_datasets.split(",") if d.strip())
     for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "scale_finetune_epochs",
-                 "ctr_max_steps", "synthetic_users", "scale_users", "ctr_repeats", "sweep_repeats", "ctr_eval_samples", "data_dir", "behavior_tokens", "ablation_ratio", "tag",
+                 "ctr_max_steps", "synthetic_users", "scale_users", "ctr_repeats", "sweep_repeats", "ctr_eval_samples",
+                 "data_dir", "behavior_tokens", "ablation_ratio", "tag",
                  "max_behaviors", "classifier_layer_norm", "user_model_learning_rate", "learning_rate",
                  "sweep_data"):
         if getattr(args, name) is not None:
