@@ -248,10 +248,6 @@ def build_settings(args) -> Settings:
             changes["scale_labeled"] = tuple(int(n) for n in args.scale_labeled.split(",") if n.strip())
         except ValueError:
             raise SystemExit(f"scale_labeled must be comma-separated counts, e.g. 200,1000; got {args.scale_labeled!r}")
-    if args.user_model_learning_rate == 0:  # one learning rate for the whole model
-        args.user_model_learning_rate, changes["user_model_learning_rate"] = None, None
-    if args.ctr_eval_samples == 0:
-        args.ctr_eval_samples, changes["ctr_eval_samples"] = None, None
     if args.ctr_datasets:
         changes["ctr_datasets"] = tuple(d.strip() for d in args.ctr_datasets.split(",") if d.strip())
     for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "scale_finetune_epochs",
@@ -261,6 +257,9 @@ def build_settings(args) -> Settings:
                  "sweep_data"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    for name in ("user_model_learning_rate", "ctr_eval_samples"):  # 0: none (one learning rate; all rows)
+        if changes.get(name) == 0:
+            changes[name] = None
     settings = replace(settings, **changes)
     if any(not 0.0 < r <= 1.0 for r in settings.ratios):
         raise SystemExit(f"ratios must be in (0, 1]; got {settings.ratios}")
