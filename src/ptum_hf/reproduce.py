@@ -142,16 +142,19 @@ class Settings:
         return self.model_overrides.get("max_behaviors", PTUMConfig().max_behaviors)
 
     def model_label(self, preset: str) -> str:
-        """The name a user model gets in the tables: preset, [size] when not the default, (item ids)."""
-        return preset + ("" if self.size == "small" else f" [{self.size}]") + (
-            " (item ids)" if self.behavior_tokens == "item" else "") + (
-            f" [{self.max_behaviors} behaviors]" if self.max_behaviors is not None else "") + (
-            " (no LN head)" if not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS else "") + (
-            f" [lr {self.learning_rate:g}]" if self.learning_rate else "") + (
-            "" if self.user_model_learning_rate == DEFAULT_USER_LR else " [one lr]"
-            if self.user_model_learning_rate is None else f" [user lr {self.user_model_learning_rate:g}]") + (
-            f" {{{self.tag}}}" if self.tag else "")
-
+        """The name a user model gets in the tables: the preset, then each departure from the default recipe."""
+        user_lr = self.user_model_learning_rate
+        marks = [
+            (self.size != "small", f"[{self.size}]"),
+            (self.behavior_tokens == "item", "(item ids)"),
+            (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
+            (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
+            (bool(self.learning_rate), f"[lr {self.learning_rate:g}]" if self.learning_rate else ""),
+            (user_lr is None, "[one lr]"),
+            (user_lr not in (None, DEFAULT_USER_LR), f"[user lr {user_lr:g}]" if user_lr else ""),
+            (bool(self.tag), f"{{{self.tag}}}"),
+        ]
+        return " ".join([preset] + [mark for wanted, mark in marks if wanted])
 
 QUICK = dict(
     size="tiny", repeats=1, ratios=(0.5,), demographic_presets=("hsa",), ctr_presets=("nativectr",),
