@@ -42,6 +42,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -324,6 +325,19 @@ def record_key(record: dict) -> tuple:
 # -------------------------------------------------------------------------------------------------------------- data
 
 
+@dataclass(eq=False)
+class Job:
+    """One unit of work: `function(ctx, *args)` (in a worker process with `--jobs`; module-level, so it pickles),
+    then `done(result, seconds)` in the main process. It starts only once `after` has finished."""
+
+    experiment: str
+    function: Callable
+    args: tuple
+    done: Callable
+    after: Job | None = None
+    finished: bool = False
+
+
 class Context:
     def __init__(self, settings: Settings, output_dir: Path, work_dir: Path, quick: bool):
         self.settings = settings
@@ -333,7 +347,14 @@ class Context:
         self.records = Records(output_dir / "raw")
         self._data = {}
         self.timings = {}
-        self.pool = None  # worker processes for the fine-tunes (--jobs > 1)
+        self.pool = None  # worker processes for the jobs (--jobs > 1)
+        self.workers = 1
+        self.jobs: list[Job] = []  # planned by the experiments, run by `run_jobs`
+        self.pretrainings: dict[Path, Job] = {}  # planned pre-trainings by folder, shared between grids
+
+    def plan(self, job: Job) -> Job:
+        self.jobs.append(job)
+        return job
 
     def data(self, name: str, num_users: int | None = None):
         """A dataset by name, loaded once."""
@@ -360,11 +381,10 @@ def log(message: str):
 # ------------------------------------------------------------------------------------------------------ pre-training
 
 
-def pretrain_model(ctx: Context, dataset: str, preset: str, setting: dict, num_users: int | None = None,
-                   max_steps: int | None = None) -> Path:
-    """Pre-train once per (dataset, preset, setting, size); reuse the saved model afterwards."""
-    from .pretraining import PretrainingArguments, pretrain
-
+def pretraining_job(ctx: Context, experiment: str, dataset: str, preset: str, setting: dict,
+                    num_users: int | None = None, max_steps: int | None = None) -> tuple[Path, Job | None]:
+    """Where the pre-training of (dataset, preset, setting, size) is saved, and the job that writes it there (None
+    when it already exists). Planned once: grids that need the same pre-training share its job."""
     s = ctx.settings
     overrides = {**s.model_overrides, **setting}
     users = num_users or s.synthetic_users
@@ -382,24 +402,37 @@ def pretrain_model(ctx: Context, dataset: str, preset: str, setting: dict, num_u
     folder = ctx.work_dir / "pretrain" / f"{dataset}-{preset}-{tag}"
     model_dir = folder / "model"
     if (model_dir / "pretraining_metrics.json").exists():
-        return model_dir
-    log(f"pre-training {preset} on {dataset} ({users if dataset == SYNTHETIC else 'all'} users), setting {setting}")
+        return model_dir, None
+    if folder not in ctx.pretrainings:
+        def done(_, seconds):
+            ctx.timings[f"pretrain {dataset} {preset} {tag}"] = seconds
+            log(f"pre-trained {preset} on {dataset}, setting {setting} ({seconds:.0f}s)")
+
+        ctx.pretrainings[folder] = ctx.plan(Job(experiment, pretrain_run, (folder, identity), done))
+    return model_dir, ctx.pretrainings[folder]
+
+
+def pretrain_run(ctx: Context, folder: Path, identity: dict) -> dict:
+    """The pre-training `identity` describes, saved under `folder`; returns its metrics."""
+    from .pretraining import PretrainingArguments, pretrain
+
+    s = ctx.settings
+    dataset, users = identity["dataset"], identity["users"] or s.synthetic_users
     start = time.perf_counter()
     args = PretrainingArguments(
         output_dir=str(folder), dataset=dataset, data_dir=ctx.data_name_dir(dataset), num_users=users,
-        synthetic_seed=s.seed, preset=preset, config_overrides=json.dumps(overrides),
+        synthetic_seed=s.seed, preset=identity["preset"], config_overrides=json.dumps(identity["overrides"]),
         tokenizer_vocab_size=s.tokenizer_vocab_size, tokenizer_name=item_tokenizer(ctx, dataset, users),
         per_device_batch_size=s.pretrain_batch_size,
-        learning_rate=s.pretrain_learning_rate, num_epochs=s.pretrain_epochs, max_steps=steps,
+        learning_rate=s.pretrain_learning_rate, num_epochs=s.pretrain_epochs, max_steps=identity["steps"],
         eval_steps=10**9, save_steps=0, logging_steps=10**9, report_to="none", seed=s.seed,
     )
     with quiet():
         pretrain(args)
-    metrics = json.loads((model_dir / "pretraining_metrics.json").read_text())
-    ctx.timings[f"pretrain {dataset} {preset} {tag}"] = round(time.perf_counter() - start, 1)
+    metrics = json.loads((folder / "model" / "pretraining_metrics.json").read_text())
     atomic_json(folder / "identity.json", {**identity, "metrics": metrics,
-                                           "seconds": ctx.timings[f"pretrain {dataset} {preset} {tag}"]})
-    return model_dir
+                                           "seconds": round(time.perf_counter() - start, 1)})
+    return metrics
 
 
 def item_tokenizer(ctx: Context, dataset: str, users: int) -> str | None:
@@ -492,27 +525,8 @@ def _worker_start(settings: Settings, output_dir: str, work_dir: str, quick: boo
     _WORKER["ctx"] = Context(settings, Path(output_dir), Path(work_dir), quick)
 
 
-def _worker_finetune(*call) -> tuple[dict, float]:
-    return _timed(finetune_run, _WORKER["ctx"], *call)
-
-
-def finetune_results(ctx: Context, calls):
-    """(call, metrics, seconds) for each `finetune_run` call: in this process, or in the `--jobs` worker processes
-    (then in the order they finish; only this process writes records)."""
-    if ctx.pool is None:
-        for call in calls:
-            yield (call, *_timed(finetune_run, ctx, *call))
-        return
-    from concurrent.futures import as_completed
-
-    futures = {ctx.pool.submit(_worker_finetune, *call): call for call in calls}
-    try:
-        for future in as_completed(futures):
-            yield (futures[future], *future.result())
-    except BaseException:  # a failed fine-tune or Ctrl-C: do not wait for the queued ones
-        for future in futures:
-            future.cancel()
-        raise
+def _worker_call(function, args) -> tuple:
+    return _timed(function, _WORKER["ctx"], *args)
 
 
 def _timed(function, *args) -> tuple:
@@ -521,9 +535,54 @@ def _timed(function, *args) -> tuple:
     return result, round(time.perf_counter() - start, 1)
 
 
+def run_jobs(ctx: Context, on_experiment_done=None):
+    """Run every planned job, each once the job it waits on has finished: here in plan order, or in the `--jobs`
+    worker processes, the first ready job in plan order whenever a worker is free (so pre-trainings run beside
+    fine-tunes instead of before them). Only this process writes records (each job's `done`)."""
+    jobs, ctx.jobs = ctx.jobs, []
+    left = {}
+    for job in jobs:
+        left[job.experiment] = left.get(job.experiment, 0) + 1
+
+    def finish(job, result, seconds):
+        key = f"experiment {job.experiment} job seconds"  # the work, which overlaps other experiments' with --jobs
+        ctx.timings[key] = round(ctx.timings.get(key, 0) + seconds, 1)
+        job.done(result, seconds)
+        job.finished = True
+        left[job.experiment] -= 1
+        if not left[job.experiment] and on_experiment_done:
+            on_experiment_done(job.experiment)
+
+    if ctx.pool is None:
+        for job in jobs:
+            finish(job, *_timed(job.function, ctx, *job.args))
+        return
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    running = {}
+    try:
+        while jobs or running:
+            while len(running) < ctx.workers:
+                job = next((j for j in jobs if j.after is None or j.after.finished), None)
+                if job is None:
+                    break
+                jobs.remove(job)
+                running[ctx.pool.submit(_worker_call, job.function, job.args)] = job
+            if not running:
+                raise RuntimeError(f"{len(jobs)} planned jobs wait on jobs that were never planned")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                finish(running.pop(future), *future.result())
+    except BaseException:  # a failed job or Ctrl-C: do not wait for the others
+        for future in running:
+            future.cancel()
+        raise
+
+
 def run_grid(ctx: Context, experiment: str, task: str, dataset: str, preset: str, setting_name: str, setting: dict,
              variants, ratios, num_users=None, max_steps=None, label_fraction_of=None, repeats=None):
-    """Pre-train (if a PTUM variant needs it) and run every (variant, ratio, repeat) not yet recorded."""
+    """Plan the pre-training (once; the from-scratch runs use its tokenizer and config too) and every (variant,
+    ratio, repeat) fine-tune not yet recorded."""
     s = ctx.settings
     repeats = s.repeats if repeats is None else min(s.repeats, repeats)
     dataset = ctx.data_name(dataset)
@@ -534,18 +593,21 @@ def run_grid(ctx: Context, experiment: str, task: str, dataset: str, preset: str
     todo = [(v, r, k) for v, r, k in todo if v in s.variants]
     if not todo:
         return
-    model_dir = pretrain_model(ctx, ctx.data_name(dataset), preset, setting, num_users, max_steps)
-    calls = [(task, dataset, model_dir, variant, ratio, repeat, label_fraction_of(ratio) if label_fraction_of else None)
-             for variant, ratio, repeat in todo]
-    for (_, _, _, variant, ratio, repeat, _), metrics, seconds in finetune_results(ctx, calls):
-        ctx.records.add(experiment, {
-            "experiment": experiment, "task": task, "dataset": dataset, "preset": label, "setting": setting_name,
-            "variant": variant, "ratio": ratio, "repeat": repeat, "metrics": metrics, "seconds": seconds,
-            "size": s.size,
-        })
-        main_metric = metrics.get("accuracy", metrics.get("auc"))
-        log(f"{experiment} {dataset} {label} {setting_name} {variant} ratio={ratio} repeat={repeat}: "
-            f"{'accuracy' if task == 'demographics' else 'auc'}={main_metric:.4f} ({seconds:.0f}s)")
+    model_dir, pretraining = pretraining_job(ctx, experiment, dataset, preset, setting, num_users, max_steps)
+    for variant, ratio, repeat in todo:
+        def record(metrics, seconds, variant=variant, ratio=ratio, repeat=repeat):
+            ctx.records.add(experiment, {
+                "experiment": experiment, "task": task, "dataset": dataset, "preset": label, "setting": setting_name,
+                "variant": variant, "ratio": ratio, "repeat": repeat, "metrics": metrics, "seconds": seconds,
+                "size": s.size,
+            })
+            main_metric = metrics.get("accuracy", metrics.get("auc"))
+            log(f"{experiment} {dataset} {label} {setting_name} {variant} ratio={ratio} repeat={repeat}: "
+                f"{'accuracy' if task == 'demographics' else 'auc'}={main_metric:.4f} ({seconds:.0f}s)")
+
+        fraction = label_fraction_of(ratio) if label_fraction_of else None
+        ctx.plan(Job(experiment, finetune_run, (task, dataset, model_dir, variant, ratio, repeat, fraction), record,
+                     after=pretraining))
 
 
 # -------------------------------------------------------------------------------------------------------- baselines
@@ -702,32 +764,41 @@ def ctr_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, only=No
 
 def run_baselines(ctx: Context):
     s = ctx.settings
-    experiment = "baselines"
-    done = ctx.records.done(experiment)
+    done = ctx.records.done("baselines")
     jobs = [("demographics", ctx.data_name(MOVIELENS))] + [("ctr", ctx.data_name(d)) for d in s.ctr_datasets]
     for task, dataset in jobs:
         for ratio in s.ratios:
             for repeat in range(s.repeats):
                 wanted = (("majority", "lr_tfidf", "lr_tfidf_words", f"lr_tfidf_last{s.history_length}")
                           if task == "demographics" else ("item_mean", "lr_user_item", "cosine_tfidf"))
-                missing = tuple(v for v in wanted if (experiment, task, dataset, "-", "-", v, ratio, repeat) not in done)
-                if not missing:
-                    continue
-                start = time.perf_counter()
-                if task == "demographics":
-                    results = demographic_baselines(ctx, dataset, ratio, repeat, recent=s.history_length)
-                    results = {v: m for v, m in results.items() if v in missing}
-                else:
-                    results = ctr_baselines(ctx, dataset, ratio, repeat, only=missing if len(missing) == 1 else None)
-                seconds = round(time.perf_counter() - start, 1)
-                for variant, metrics in results.items():
-                    ctx.records.add(experiment, {
-                        "experiment": experiment, "task": task, "dataset": dataset, "preset": "-", "setting": "-",
-                        "variant": variant, "ratio": ratio, "repeat": repeat, "metrics": metrics,
-                        "seconds": seconds,
-                    })
-                log(f"baselines {task} {dataset} ratio={ratio} repeat={repeat}: " + ", ".join(
-                    f"{v} {m.get('accuracy', m.get('auc')):.4f}" for v, m in results.items()))
+                missing = tuple(v for v in wanted if ("baselines", task, dataset, "-", "-", v, ratio, repeat) not in done)
+                if missing:
+                    plan_baselines(ctx, "baselines", baseline_run, (task, dataset, ratio, repeat, missing))
+
+
+def baseline_run(ctx: Context, task: str, dataset: str, ratio: float, repeat: int, missing: tuple) -> dict:
+    if task == "demographics":
+        results = demographic_baselines(ctx, dataset, ratio, repeat, recent=ctx.settings.history_length)
+    else:
+        results = ctr_baselines(ctx, dataset, ratio, repeat, only=missing if len(missing) == 1 else None)
+    return {v: m for v, m in results.items() if v in missing}
+
+
+def plan_baselines(ctx: Context, experiment: str, function, args: tuple):
+    """A job computing `function(ctx, task, dataset, ratio, repeat, ...)`: {variant: metrics}, recorded with preset
+    and setting "-"."""
+    task, dataset, ratio, repeat = args[:4]
+
+    def record(results, seconds):
+        for variant, metrics in results.items():
+            ctx.records.add(experiment, {
+                "experiment": experiment, "task": task, "dataset": dataset, "preset": "-", "setting": "-",
+                "variant": variant, "ratio": ratio, "repeat": repeat, "metrics": metrics, "seconds": seconds,
+            })
+        log(f"{experiment} {task} {dataset} ratio={ratio} repeat={repeat}: " + ", ".join(
+            f"{v} {m.get('accuracy', m.get('auc')):.4f}" for v, m in results.items()))
+
+    ctx.plan(Job(experiment, function, args, record))
 
 
 # ------------------------------------------------------------------------------------------------------ experiments
@@ -783,19 +854,21 @@ def scale_grid(ctx, labeled: int) -> dict:
 
 
 def run_lambda(ctx):
-    run_sweep(ctx, "lambda", "nbp_weight", ctx.settings.lambdas, 1.0, lambda value: f"lambda={value:g}")
+    # lambda = 0 is the MBP-only objective: it shares the ablation's "mbp only" pre-training instead of computing an
+    # NBP loss that is multiplied by zero.
+    run_sweep(ctx, "lambda", ctx.settings.lambdas, lambda value: f"lambda={value:g}",
+              lambda value: {} if value == 1 else {"use_nbp": False} if value == 0 else {"nbp_weight": value})
 
 
 def run_k(ctx):
-    run_sweep(ctx, "k", "num_next", ctx.settings.ks, 2, lambda value: f"K={value}")
+    run_sweep(ctx, "k", ctx.settings.ks, lambda value: f"K={value}", lambda value: {} if value == 2 else {"num_next": value})
 
 
-def run_sweep(ctx, experiment: str, field: str, values, default, name):
-    """PTUM finetune on demographics (HSA; `sweep_grid`) for each value of one PTUMConfig field; the default value
-    runs with no override, so it shares the main pre-training."""
+def run_sweep(ctx, experiment: str, values, name, setting_of):
+    """PTUM finetune on demographics (HSA; `sweep_grid`) for each value of one pre-training setting; the default
+    value's setting is {}, so it shares the main pre-training."""
     for value in values:
-        setting = {field: value} if value != default else {}
-        run_grid(ctx, experiment, "demographics", preset="hsa", setting_name=name(value), setting=setting,
+        run_grid(ctx, experiment, "demographics", preset="hsa", setting_name=name(value), setting=setting_of(value),
                  variants=("ptum_finetune",), repeats=ctx.settings.sweep_repeats, **sweep_grid(ctx))
 
 
@@ -806,19 +879,16 @@ def run_scale(ctx):
     for labeled in s.scale_labeled:
         grid = scale_grid(ctx, labeled)
         for repeat in range(s.repeats):
-            if ("scale", "demographics", SYNTHETIC, "-", "-", "lr_tfidf_words", labeled, repeat) in done:
-                continue
-            start = time.perf_counter()
-            results = demographic_baselines(ctx, SYNTHETIC, labeled, repeat,
-                                            label_fraction=grid["label_fraction_of"](None))
-            seconds = round(time.perf_counter() - start, 1)
-            for variant, metrics in results.items():
-                ctx.records.add("scale", {"experiment": "scale", "task": "demographics", "dataset": SYNTHETIC,
-                                          "preset": "-", "setting": "-", "variant": variant, "ratio": labeled,
-                                          "repeat": repeat, "metrics": metrics, "seconds": seconds})
+            if ("scale", "demographics", SYNTHETIC, "-", "-", "lr_tfidf_words", labeled, repeat) not in done:
+                plan_baselines(ctx, "scale", scale_baseline_run,
+                               ("demographics", SYNTHETIC, labeled, repeat, grid["label_fraction_of"](None)))
         # The pre-training reads `scale_users` synthetic users; the fine-tune loads the same users.
         run_grid(ctx, "scale", "demographics", preset="hsa", setting_name="mbp+nbp", setting={},
                  variants=tuple(VARIANTS), **grid)
+
+
+def scale_baseline_run(ctx: Context, task: str, dataset: str, labeled: int, repeat: int, fraction: float) -> dict:
+    return demographic_baselines(ctx, dataset, labeled, repeat, label_fraction=fraction)
 
 
 def user_vectors(model_dir: Path, data, random_init: bool = False) -> np.ndarray:
@@ -883,23 +953,30 @@ def run_probe(ctx):
     dataset = ctx.data_name(MOVIELENS)
     label = s.model_label("hsa")
     done = ctx.records.done("probe")
-    if all(("probe", "demographics", dataset, label, "mbp+nbp", v, r, k) in done for v in ("probe_ptum", "probe_random")
-           for r in s.ratios for k in range(s.repeats)):
+    todo = [(v, r, k) for v in ("probe_ptum", "probe_random") for r in s.ratios for k in range(s.repeats)
+            if ("probe", "demographics", dataset, label, "mbp+nbp", v, r, k) not in done]
+    if not todo:
         return
-    model_dir = pretrain_model(ctx, dataset, "hsa", {})
+    model_dir, pretraining = pretraining_job(ctx, "probe", dataset, "hsa", {})
+
+    def record(results, _):
+        for (variant, ratio, repeat), metrics in results:
+            ctx.records.add("probe", {"experiment": "probe", "task": "demographics", "dataset": dataset,
+                                      "preset": label, "setting": "mbp+nbp", "variant": variant, "ratio": ratio,
+                                      "repeat": repeat, "metrics": metrics, "seconds": 0, "size": s.size})
+            log(f"probe {label} {variant} ratio={ratio} repeat={repeat}: accuracy={metrics['accuracy']:.4f}")
+
+    ctx.plan(Job("probe", probe_run, (dataset, model_dir, todo), record, after=pretraining))
+
+
+def probe_run(ctx: Context, dataset: str, model_dir: Path, todo: list) -> list:
     data = ctx.data(dataset)
+    results = []
     for variant, random_init in (("probe_ptum", False), ("probe_random", True)):
         with quiet():
             vectors = user_vectors(model_dir, data, random_init)
-        for ratio in s.ratios:
-            for repeat in range(s.repeats):
-                if ("probe", "demographics", dataset, label, "mbp+nbp", variant, ratio, repeat) in done:
-                    continue
-                metrics = probe_scores(vectors, data, ratio, repeat)
-                ctx.records.add("probe", {"experiment": "probe", "task": "demographics", "dataset": dataset,
-                                          "preset": label, "setting": "mbp+nbp", "variant": variant, "ratio": ratio,
-                                          "repeat": repeat, "metrics": metrics, "seconds": 0, "size": s.size})
-                log(f"probe {label} {variant} ratio={ratio} repeat={repeat}: accuracy={metrics['accuracy']:.4f}")
+        results += [((v, r, k), probe_scores(vectors, data, r, k)) for v, r, k in todo if v == variant]
+    return results
 
 
 RUNNERS = {"baselines": run_baselines, "table2": run_table2, "table3": run_table3, "ablation": run_ablation,
@@ -1233,14 +1310,14 @@ def worker_pool(ctx: Context, jobs: int, threads: int):
     initargs = (ctx.settings, str(ctx.output_dir), str(ctx.work_dir), ctx.quick, max(1, threads // jobs))
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
                                initargs=initargs)
-    ctx.pool = pool
+    ctx.pool, ctx.workers = pool, jobs
     try:
         yield
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
-        ctx.pool = None
+        ctx.pool, ctx.workers = None, 1
         pool.shutdown()
 
 
@@ -1273,20 +1350,30 @@ def main(argv=None):
     if not experiments:  # `--experiments none`: only rebuild the tables and plots from the records
         write_tables(ctx, header)
         write_plots(ctx)
-    with worker_pool(ctx, args.jobs, torch.get_num_threads()):
-        for experiment in experiments:
-            log(f"experiment {experiment}")
-            t = time.perf_counter()
-            RUNNERS[experiment](ctx)
-            ctx.timings[f"experiment {experiment}"] = round(time.perf_counter() - t, 1)
+
+    def experiment_done(experiment):
+        ctx.timings[f"experiment {experiment} done at"] = round(time.perf_counter() - start, 1)
+        log(f"experiment {experiment} done")
+        write_tables(ctx, header)
+        write_plots(ctx)
+
+    status = "stopped"
+    try:
+        with worker_pool(ctx, args.jobs, torch.get_num_threads()):
+            for experiment in experiments:
+                RUNNERS[experiment](ctx)
+            log(f"{len(ctx.jobs)} jobs planned: " + ", ".join(
+                f"{e} {sum(j.experiment == e for j in ctx.jobs)}" for e in experiments))
+            run_jobs(ctx, experiment_done)
+        if experiments:
             write_tables(ctx, header)
             write_plots(ctx)
-    run_info["seconds"] = round(time.perf_counter() - start, 1)
-    run_info["timings"] = ctx.timings
-    run_info["pretraining"] = pretraining_summary(ctx)
-    runs_file = output_dir / "runs.jsonl"
-    with open(runs_file, "a") as handle:  # one line per invocation: the exact commands behind the records
-        handle.write(json.dumps(run_info, default=str) + "\n")
+        status = "finished"
+    finally:  # one line per invocation, also for a stopped one: the exact commands behind the records
+        run_info.update(status=status, seconds=round(time.perf_counter() - start, 1), timings=ctx.timings,
+                        pretraining=pretraining_summary(ctx))
+        with open(output_dir / "runs.jsonl", "a") as handle:
+            handle.write(json.dumps(run_info, default=str) + "\n")
     log(f"done in {run_info['seconds']:.0f}s; tables and plots in {output_dir}")
     return run_info
 
