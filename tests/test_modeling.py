@@ -294,6 +294,25 @@ def test_freezing_trains_only_the_head():
     assert any(p.grad is not None for n, p in ctr.named_parameters() if n.startswith("ad_"))
 
 
+def test_ad_prior_adds_a_score_of_the_ad_alone_to_the_click_logit():
+    torch.manual_seed(0)
+    plain = PTUMForCTR(tiny_config())
+    with_prior = PTUMForCTR(tiny_config(ad_prior=True))
+    missing = with_prior.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["ad_prior.bias", "ad_prior.weight"]
+    plain.eval(), with_prior.eval()
+    ids, mask, history, gaps = make_batch()
+    ads = dict(ad_title_indices=torch.tensor([0, 1, 2]))
+    out = with_prior(ids, mask, history, gaps, **ads)
+    expected = plain(ids, mask, history, gaps, **ads).logits + with_prior.ad_prior(out.ad_embeddings).squeeze(-1)
+    assert torch.allclose(out.logits, expected, atol=1e-6)
+    with_prior.freeze_user_model()  # a frozen user model still learns the prior
+    with_prior(ids, mask, history, gaps, **ads, labels=torch.ones(3)).loss.backward()
+    assert with_prior.ad_prior.weight.grad is not None and with_prior.ad_prior.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="ad_prior must be true or false"):
+        tiny_config(ad_prior=1)
+
+
 def test_classifier_layer_norm_normalises_the_user_vector_before_the_head():
     torch.manual_seed(0)
     plain = PTUMForDemographicClassification(tiny_config())

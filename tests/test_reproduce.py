@@ -66,7 +66,10 @@ def test_table_structure(quick_run):
     assert {"none", "mbp only", "nbp only", "mbp+nbp"} <= settings
     assert {"lambda=0", "lambda=1"} <= {row[2] for row in table_rows((out / "lambda.md").read_text())}
     assert {"K=1", "K=2"} <= {row[2] for row in table_rows((out / "k.md").read_text())}
-    assert "4 users" in (out / "scale.md").read_text()
+    scale = (out / "scale.md").read_text()
+    assert "4 users" in scale
+    scale_pairs = {row[3] for row in table_rows(scale.split("### Paired")[1])}  # its baselines join as in table2
+    assert {"PTUM finetune − from scratch", "PTUM finetune − LR, TF-IDF words of the texts"} <= scale_pairs
 
 
 def test_records_are_reused(quick_run):
@@ -144,6 +147,8 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     assert not settings.classifier_layer_norm and settings.user_model_learning_rate is None
     assert settings.model_label("hsa") == "hsa (no LN head) [one lr]"
     assert settings.model_label("gru4rec") == "gru4rec [one lr]"  # no demographic head to name
+    settings = build_settings(parse_args(["--ctr_ad_prior"]))
+    assert settings.model_label("gru4rec") == "gru4rec (ad prior)" and settings.model_label("hsa") == "hsa"
     settings = build_settings(parse_args(["--scale_labeled", "100,500", "--ctr_repeats", "4", "--ctr_eval_samples", "0"]))
     assert settings.scale_labeled == (100, 500) and settings.ctr_repeats == 4 and settings.ctr_eval_samples is None
     with pytest.raises(SystemExit, match="scale_labeled must be"):

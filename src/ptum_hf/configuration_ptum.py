@@ -72,6 +72,9 @@ class PTUMConfig(PretrainedConfig):
             demographic classifier. Pre-trained user vectors are small and share a large common component, which a
             plain linear head on a frozen user model learns only slowly.
         share_ad_encoder (`bool`, *optional*, defaults to `True`): CTR ads use the user side's behavior encoder.
+        ad_prior (`bool`, *optional*, defaults to `False`): CTR adds a learned linear score of the ad vector to the
+            click logit: a per-ad prior (how often an ad is clicked by anyone), which the user/ad dot product can
+            only learn through a component shared by every user vector.
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal initialiser.
 
     Example:
@@ -115,6 +118,7 @@ class PTUMConfig(PretrainedConfig):
         freeze_user_model: bool = False,
         classifier_layer_norm: bool = False,
         share_ad_encoder: bool = True,
+        ad_prior: bool = False,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -148,6 +152,7 @@ class PTUMConfig(PretrainedConfig):
         self.freeze_user_model = freeze_user_model
         self.classifier_layer_norm = classifier_layer_norm
         self.share_ad_encoder = share_ad_encoder
+        self.ad_prior = ad_prior
         self.initializer_range = initializer_range
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.validate_ptum()
@@ -173,7 +178,7 @@ class PTUMConfig(PretrainedConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("freeze_text_encoder", "use_mbp", "use_nbp", "freeze_user_model", "share_ad_encoder",
-                     "classifier_layer_norm"):
+                     "classifier_layer_norm", "ad_prior"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:

@@ -967,7 +967,8 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
 class PTUMForCTR(PTUMPreTrainedModel):
     """PTUM user model scoring a candidate ad: the ad's title and description are encoded by the behavior encoder
     (shared with the user side unless `config.share_ad_encoder=False`), combined by additive attention as in the
-    paper's ad encoder, and the click logit is the user/ad dot product plus a bias."""
+    paper's ad encoder, and the click logit is the user/ad dot product plus a bias (plus, with `config.ad_prior`, a
+    linear score of the ad vector alone)."""
 
     def __init__(self, config: PTUMConfig):
         super().__init__(config)
@@ -976,6 +977,7 @@ class PTUMForCTR(PTUMPreTrainedModel):
         self.ad_projection = nn.Linear(config.hidden_size, config.hidden_size)
         self.ad_pooling = PTUMAdditiveAttention(config.hidden_size, config.additive_attention_dim)
         self.bias = nn.Parameter(torch.zeros(()))
+        self.ad_prior = nn.Linear(config.hidden_size, 1) if config.ad_prior else None
         self.post_init()
         self._freeze_user_model_if_configured()
 
@@ -1026,6 +1028,8 @@ class PTUMForCTR(PTUMPreTrainedModel):
             ad_table = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask, encoder=self.ad_encoder)
         ad = self.encode_ads(behavior_embeddings, ad_title_indices, ad_description_indices, ad_table)
         logits = (user * ad).sum(-1) + self.bias
+        if self.ad_prior is not None:
+            logits = logits + self.ad_prior(ad).squeeze(-1)
         loss = None
         if labels is not None:
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float().view(-1))

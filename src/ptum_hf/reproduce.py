@@ -18,9 +18,10 @@ Experiments (`--experiments`, comma separated):
 - `scale`: synthetic, every user pre-trains (51,250) and 200 or 1,000 of the training users carry labels (250:1, 50:1).
 
 Pre-training uses every user's behaviors and no labels, once per (dataset, preset, pre-training setting); the
-fine-tunes reuse it. Every fine-tune's test metrics are appended to `<output_dir>/raw/<experiment>.jsonl` as soon as
-they exist, so an interrupted run continues where it stopped; the Markdown tables (`<output_dir>/*.md`) and PNG plots
-are rebuilt from those records at the end of every experiment. Differences between two variants are paired: the same
+fine-tunes reuse it. The experiments plan jobs (pre-trainings, fine-tunes, baselines, probes) and `run_jobs` runs
+them, with `--jobs N` in N worker processes. Every job's test metrics are appended to
+`<output_dir>/raw/<experiment>.jsonl` as soon as they exist, so an interrupted run continues where it stopped; the
+Markdown tables (`<output_dir>/*.md`) and PNG plots are rebuilt from those records as each experiment finishes. Differences between two variants are paired: the same
 split, the same labeled users, then mean +- std of the per-split difference and how often it is positive.
 """
 
@@ -119,6 +120,7 @@ class Settings:
     behavior_tokens: str = "text"
     max_behaviors: int | None = None  # None: the size's own
     classifier_layer_norm: bool = True
+    ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
     user_model_learning_rate: float | None = DEFAULT_USER_LR  # PTUM finetune only; None: the head's rate for all
     learning_rate: float | None = None  # PTUM finetune: the Trainer's (head's) learning rate; None: VARIANTS'
@@ -150,6 +152,7 @@ class Settings:
             (self.behavior_tokens == "item", "(item ids)"),
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
+            (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (bool(self.learning_rate), f"[lr {self.learning_rate:g}]" if self.learning_rate else ""),
             (user_lr is None, "[one lr]"),
             (user_lr not in (None, DEFAULT_USER_LR), f"[user lr {user_lr:g}]" if user_lr else ""),
@@ -189,6 +192,8 @@ def parse_args(argv=None):
                         help=f"Restrict the user-model variants, e.g. ptum_finetune (of {','.join(VARIANTS)}).")
     parser.add_argument("--classifier_layer_norm", action=argparse.BooleanOptionalAction, default=None,
                         help="LayerNorm on the user vector before the demographic classifier (PTUMConfig).")
+    parser.add_argument("--ctr_ad_prior", action=argparse.BooleanOptionalAction, default=None,
+                        help="CTR models add a learned score of the ad alone to the click logit (PTUMConfig.ad_prior).")
     parser.add_argument("--learning_rate", type=float, default=None,
                         help="PTUM finetune: the Trainer's (the head's) learning rate (default: 1e-2, VARIANTS).")
     parser.add_argument("--sweep_data", choices=("movielens", "scale"), default=None,
@@ -257,7 +262,7 @@ def build_settings(args) -> Settings:
     for name in ("size", "pretrain_epochs", "pretrain_max_steps", "finetune_epochs", "scale_finetune_epochs",
                  "ctr_max_steps", "synthetic_users", "scale_users", "ctr_repeats", "sweep_repeats", "ctr_eval_samples",
                  "data_dir", "behavior_tokens", "ablation_ratio", "tag",
-                 "max_behaviors", "classifier_layer_norm", "user_model_learning_rate", "learning_rate",
+                 "max_behaviors", "classifier_layer_norm", "ctr_ad_prior", "user_model_learning_rate", "learning_rate",
                  "sweep_data"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -488,6 +493,8 @@ def finetune_run(ctx: Context, task: str, dataset: str, model_dir: Path, variant
         overrides["classifier_layer_norm"] = s.classifier_layer_norm
     if task == "ctr":
         overrides["max_eval_samples"] = s.ctr_eval_samples
+        if s.ctr_ad_prior:
+            overrides["config_overrides"] = json.dumps({"ad_prior": True})
     args = FinetuneArguments(
         task=task, model_name_or_path=str(model_dir), dataset=dataset, data_dir=ctx.data_name_dir(dataset),
         label_fraction=label_fraction if label_fraction is not None else ratio, split_seed=repeat, **overrides,
@@ -1092,6 +1099,8 @@ def paired_table(cells, metrics, comparisons, baselines=None) -> list[str]:
 PROBE_COMPARISONS = [("probe_ptum", "probe_random"), ("probe_ptum", "lr_tfidf")]
 DEMOGRAPHIC_COMPARISONS = [("ptum_finetune", "scratch"), ("ptum_frozen", "scratch"), ("ptum_finetune", "lr_tfidf"),
                            ("scratch", "lr_tfidf"), ("ptum_finetune", "lr_tfidf_same"), ("scratch", "lr_tfidf_same")]
+SCALE_COMPARISONS = [("ptum_finetune", "scratch"), ("ptum_frozen", "scratch"), ("ptum_finetune", "lr_tfidf_words"),
+                     ("scratch", "lr_tfidf_words"), ("ptum_finetune", "lr_tfidf")]
 CTR_COMPARISONS = [("ptum_finetune", "scratch"), ("ptum_frozen", "scratch"), ("ptum_finetune", "lr_user_item"),
                    ("ptum_finetune", "item_mean")]
 
@@ -1135,9 +1144,12 @@ def write_tables(ctx: Context, header: str):
             cells, DEMOGRAPHIC_METRICS, b_demo) + ["", "### Paired differences", ""] + paired_table(
             cells, DEMOGRAPHIC_METRICS, PROBE_COMPARISONS, b_demo)
     cells = group(ctx.records.load("scale"))
-    if cells:
-        sections["scale"] = ["## Synthetic at scale", "", notes, ""] + variant_table(cells, DEMOGRAPHIC_METRICS) + [
-            "", "### Paired differences", ""] + paired_table(cells, DEMOGRAPHIC_METRICS, DEMOGRAPHIC_COMPARISONS)
+    if cells:  # its baselines are recorded beside the models (preset "-"): join them as in table2
+        b_scale = {k: v for k, v in cells.items() if k[2] == "-"}
+        models = {k: v for k, v in cells.items() if k[2] != "-"} or b_scale
+        sections["scale"] = ["## Synthetic at scale", "", notes, ""] + variant_table(
+            models, DEMOGRAPHIC_METRICS, b_scale if models is not b_scale else None) + [
+            "", "### Paired differences", ""] + paired_table(models, DEMOGRAPHIC_METRICS, SCALE_COMPARISONS, b_scale)
     for name, lines in sections.items():
         atomic_text(out / f"{name}.md", header + "\n".join(lines) + "\n")
     return sections
