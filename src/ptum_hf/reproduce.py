@@ -21,8 +21,9 @@ Pre-training uses every user's behaviors and no labels, once per (dataset, prese
 fine-tunes reuse it. The experiments plan jobs (pre-trainings, fine-tunes, baselines, probes) and `run_jobs` runs
 them, with `--jobs N` in N worker processes. Every job's test metrics are appended to
 `<output_dir>/raw/<experiment>.jsonl` as soon as they exist, so an interrupted run continues where it stopped; the
-Markdown tables (`<output_dir>/*.md`) and PNG plots are rebuilt from those records as each experiment finishes. Differences between two variants are paired: the same
-split, the same labeled users, then mean +- std of the per-split difference and how often it is positive.
+Markdown tables (`<output_dir>/*.md`) and PNG plots are rebuilt from those records as each experiment finishes.
+Differences between two variants are paired: the same split, the same labeled users, then mean +- std of the
+per-split difference and how often it is positive.
 """
 
 from __future__ import annotations
@@ -778,7 +779,8 @@ def run_baselines(ctx: Context):
             for repeat in range(s.repeats):
                 wanted = (("majority", "lr_tfidf", "lr_tfidf_words", f"lr_tfidf_last{s.history_length}")
                           if task == "demographics" else ("item_mean", "lr_user_item", "cosine_tfidf"))
-                missing = tuple(v for v in wanted if ("baselines", task, dataset, "-", "-", v, ratio, repeat) not in done)
+                missing = tuple(v for v in wanted
+                                if ("baselines", task, dataset, "-", "-", v, ratio, repeat) not in done)
                 if missing:
                     plan_baselines(ctx, "baselines", baseline_run, (task, dataset, ratio, repeat, missing))
 
@@ -868,7 +870,8 @@ def run_lambda(ctx):
 
 
 def run_k(ctx):
-    run_sweep(ctx, "k", ctx.settings.ks, lambda value: f"K={value}", lambda value: {} if value == 2 else {"num_next": value})
+    run_sweep(ctx, "k", ctx.settings.ks, lambda value: f"K={value}",
+              lambda value: {} if value == 2 else {"num_next": value})
 
 
 def run_sweep(ctx, experiment: str, values, name, setting_of):
