@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -548,9 +549,7 @@ def run_jobs(ctx: Context, on_experiment_done=None):
     worker processes, the first ready job in plan order whenever a worker is free (so pre-trainings run beside
     fine-tunes instead of before them). Only this process writes records (each job's `done`)."""
     jobs, ctx.jobs = ctx.jobs, []
-    left = {}
-    for job in jobs:
-        left[job.experiment] = left.get(job.experiment, 0) + 1
+    left = Counter(job.experiment for job in jobs)
 
     def finish(job, result, seconds):
         key = f"experiment {job.experiment} job seconds"  # the work, which overlaps other experiments' with --jobs
@@ -567,24 +566,19 @@ def run_jobs(ctx: Context, on_experiment_done=None):
         return
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    running = {}
-    try:
-        while jobs or running:
-            while len(running) < ctx.workers:
-                job = next((j for j in jobs if j.after is None or j.after.finished), None)
-                if job is None:
-                    break
-                jobs.remove(job)
-                running[ctx.pool.submit(_worker_call, job.function, job.args)] = job
-            if not running:
-                raise RuntimeError(f"{len(jobs)} planned jobs wait on jobs that were never planned")
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                finish(running.pop(future), *future.result())
-    except BaseException:  # a failed job or Ctrl-C: do not wait for the others
-        for future in running:
-            future.cancel()
-        raise
+    running = {}  # at most one job per worker is submitted: on an error, `worker_pool` has nothing queued to cancel
+    while jobs or running:
+        while len(running) < ctx.workers:
+            job = next((j for j in jobs if j.after is None or j.after.finished), None)
+            if job is None:
+                break
+            jobs.remove(job)
+            running[ctx.pool.submit(_worker_call, job.function, job.args)] = job
+        if not running:
+            raise RuntimeError(f"{len(jobs)} planned jobs wait on jobs that were never planned")
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            finish(running.pop(future), *future.result())
 
 
 def run_grid(ctx: Context, experiment: str, task: str, dataset: str, preset: str, setting_name: str, setting: dict,
