@@ -250,4 +250,6 @@ def write_section(name: str, title: str, body: str):
         text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp")  # a run stopped mid-write leaves RESULTS.md whole
+    tmp.write_text(text)
+    os.replace(tmp, RESULTS)

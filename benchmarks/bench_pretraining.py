@@ -355,9 +355,13 @@ def write_results(a, summary, results):
                   f"THP_MEM_ALLOC_ENABLE={ours['thp_alloc']}; {ours['unique_behaviors_per_batch']} unique behaviors "
                   f"and {ours['tokens_per_batch']} tokens in a batch of {a.batch_users} users.", ""]
     lines += [f"Targets: {TARGETS}."]
-    suffix = ", gradient checkpointing" if a.gradient_checkpointing else ""
-    C.write_section(f"pretraining-{a.data}" + ("-checkpointing" if a.gradient_checkpointing else ""),
-                    f"Pre-training throughput: {a.data} corpus{suffix}", "\n".join(lines))
+    # One section per setting: the reference's batch of 32 users is the default; other batch sizes get their own.
+    name, title = f"pretraining-{a.data}", f"Pre-training throughput: {a.data} corpus"
+    if a.batch_users != BATCH_USERS:
+        name, title = f"{name}-batch{a.batch_users}", f"{title}, {a.batch_users} users per batch"
+    if a.gradient_checkpointing:
+        name, title = f"{name}-checkpointing", f"{title}, gradient checkpointing"
+    C.write_section(name, title, "\n".join(lines))
 
 
 if __name__ == "__main__":

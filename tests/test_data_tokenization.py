@@ -1,6 +1,9 @@
 """train_behavior_tokenizer and BehaviorTokenCache (with a trained and an existing HF tokenizer)."""
 
+import json
 import os
+import subprocess
+import sys
 import sysconfig
 
 import numpy as np
@@ -27,6 +30,37 @@ def test_train_save_and_reload(tmp_path, model):
     assert reloaded.pad_token_id == 0
     with pytest.raises(ValueError, match="wordpiece"):
         train_behavior_tokenizer(TEXTS, model="unigram")
+
+
+TRAIN_IN_A_PROCESS = """
+import json
+from ptum_hf.data import load_behavior_dataset, train_behavior_tokenizer
+texts = load_behavior_dataset("synthetic", num_users=300, seed=0).behaviors
+out = {}
+for model in ("wordpiece", "bpe"):
+    tokenizer = train_behavior_tokenizer(texts, vocab_size=8000, model=model)
+    out[model] = [sorted(tokenizer.get_vocab().items()), tokenizer(texts[:300])["input_ids"]]
+print(json.dumps(out))
+"""
+
+
+def test_training_gives_the_same_vocabulary_in_every_process():
+    # tokenizers' trainers number their `##` pieces in a per-process hash order (huggingface/tokenizers#1794):
+    # without the fix, three processes here gave three different vocabularies.
+    runs = [subprocess.run([sys.executable, "-c", TRAIN_IN_A_PROCESS], capture_output=True, text=True,
+                           check=True).stdout for _ in range(3)]
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+    for vocab, _ in json.loads(runs[0]).values():
+        pieces = [token for token, _ in vocab if token.startswith("##") and len(token) == 3]
+        assert len(vocab) > 500 and pieces and "##(" not in pieces  # no piece for a character that splits words
+
+
+def test_continuation_pieces_are_ordinary_tokens():
+    tokenizer = train_behavior_tokenizer(TEXTS, vocab_size=200, min_frequency=1)
+    assert set(tokenizer.all_special_tokens) == {"[UNK]", "[PAD]", "[MASK]"}
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("a ##y word")["input_ids"])
+    assert tokens[0] == "a" and "##y" not in tokens  # a special "##y" would be matched in the raw text
+    assert tokenizer.decode(tokenizer("toy soldiers")["input_ids"], skip_special_tokens=True) == "toy soldiers"
 
 
 def test_cache_matches_the_tokenizer_and_truncates():

@@ -26,8 +26,8 @@ def data():
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(data, tmp_path_factory):
-    # One tokenizer for all runs: training a WordPiece vocabulary is itself not deterministic (tokenizers#1794,
-    # hash-map order), which is why pre-training saves it with the run and its checkpoints.
+    # One tokenizer for all runs, as pre-training saves it with the run and its checkpoints (its determinism across
+    # processes is tests/test_data_tokenization.py's).
     folder = tmp_path_factory.mktemp("tokenizer")
     train_behavior_tokenizer(data.behaviors, vocab_size=500).save_pretrained(str(folder))
     return folder

@@ -128,9 +128,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, capsys):
     killed_at = json.loads((latest / "progress.json").read_text())["step"]
     note += f"; resumed from step {killed_at}; folders: {sorted(p.name for p in checkpoints.iterdir())}"
 
-    # The uninterrupted run (here, in this process) uses the victim's tokenizer: training a WordPiece vocabulary
-    # is not deterministic from one process to the next (tokenizers#1794); the resumed run must find that tokenizer
-    # in the checkpoint by itself.
+    # The uninterrupted run (here, in this process) uses the victim's tokenizer; the resumed run must find that
+    # tokenizer in the checkpoint by itself (a vocabulary trained again need not match across tokenizers versions).
     pretrain_in_process(reference_dir, "--tokenizer_name", str(victim_dir / "tokenizer"))
     capsys.readouterr()
     pretrain_in_process(victim_dir, "--resume_from_checkpoint", "latest")

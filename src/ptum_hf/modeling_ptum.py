@@ -198,7 +198,7 @@ class _Padded:
     def attend(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
         """Packed (T, 3 * H * d) projections -> packed (T, H * d) attention outputs within each row."""
         batch, slots = self.mask.shape
-        q, k, v = self.pad(qkv).view(batch, slots, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = (t.transpose(1, 2) for t in self.pad(qkv).view(batch, slots, 3, num_heads, -1).unbind(2))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.key_mask)
         return self.pack(out.transpose(1, 2).reshape(batch, slots, -1))
 
@@ -235,7 +235,9 @@ class _LengthGroups:
         for (length, rows), block in zip(self.groups, blocks):
             if not length:
                 continue
-            q, k, v = block.view(rows, length, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
+            # unbind on the (3) axis: its backward stacks the three gradients straight into the block's layout
+            # (one copy); a permute first would add a second copy of the whole (T, 3 * H * d) gradient.
+            q, k, v = (t.transpose(1, 2) for t in block.view(rows, length, 3, num_heads, -1).unbind(2))
             out = F.scaled_dot_product_attention(q, k, v)
             outputs.append(out.transpose(1, 2).reshape(rows * length, -1))
         return torch.cat(outputs) if outputs else qkv.new_zeros(0, qkv.shape[-1] // 3)
@@ -289,7 +291,7 @@ class PTUMSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(batch, length, 3, self.num_heads, -1).unbind(2))
         # A row with no valid key would give NaN; let such rows attend everywhere, callers zero them afterwards.
         key_mask = mask | ~mask.any(-1, keepdim=True)
         # No dropout on attention probabilities (the paper drops embeddings and layer outputs only): on CPU the

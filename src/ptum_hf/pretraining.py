@@ -166,8 +166,8 @@ def evaluate(model, dataloader, accelerator) -> dict:
 def run_tokenizer(args, data, accelerator, checkpoint: Path | None):
     """The run's tokenizer, the same on every process and after a resume.
 
-    Training a WordPiece vocabulary is not deterministic (tokenizers#1794: hash-map order), so a tokenizer trained
-    again by another process, or by the resumed run, can differ from the one the weights were trained with. Hence:
+    `train_behavior_tokenizer` gives the same vocabulary in every process, but another `tokenizers` version (or a
+    texts file changed since) need not, and the weights only make sense with the ids they were trained with. Hence:
     `--tokenizer_name` if given; else the one saved in the checkpoint being resumed; else the main process trains
     one and saves it to `<output_dir>/tokenizer`, which the other processes load (call under `main_process_first`).
     """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +32,8 @@ def train_behavior_tokenizer(
     reserved); texts are NFKC-normalised and lowercased; no special tokens are added around a text.
 
     Args:
-        texts: the texts (e.g. `BehaviorDataset.behaviors`); any iterable, read once.
+        texts: the texts (e.g. `BehaviorDataset.behaviors`); a sequence is read twice, any other iterable is first
+            copied into a list.
         vocab_size: the largest vocabulary to learn.
         model: `"wordpiece"` (BERT-style `##` pieces) or `"bpe"`.
         min_frequency: pieces seen fewer times are not learned.
@@ -39,20 +42,24 @@ def train_behavior_tokenizer(
     """
     if model not in ("wordpiece", "bpe"):
         raise ValueError(f"model must be 'wordpiece' or 'bpe', got {model!r}")
+    if not isinstance(texts, Sequence) or isinstance(texts, str):
+        texts = list(texts)
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    normalizer = normalizers.Sequence(steps)
     special = [PAD_TOKEN, UNK_TOKEN, MASK_TOKEN]
+    pieces = _continuing_pieces(texts, normalizer)
+    options = dict(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special + pieces)
     if model == "wordpiece":
         tokenizer = Tokenizer(models.WordPiece(unk_token=UNK_TOKEN))
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special)
-        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(**options)
     else:
-        tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN, continuing_subword_prefix="##"))
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
-                                      continuing_subword_prefix="##")
-        tokenizer.decoder = decoders.WordPiece()
-    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
-    tokenizer.normalizer = normalizers.Sequence(steps)
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN, continuing_subword_prefix=PIECE_PREFIX))
+        trainer = trainers.BpeTrainer(**options, continuing_subword_prefix=PIECE_PREFIX)
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.train_from_iterator(_batches(texts), trainer=trainer)
+    tokenizer = _unmark_special(tokenizer, set(pieces))
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token=PAD_TOKEN,
@@ -61,6 +68,36 @@ def train_behavior_tokenizer(
         model_max_length=model_max_length,
         do_lower_case=lowercase,
     )
+
+
+PIECE_PREFIX = "##"
+
+
+def _continuing_pieces(texts: Sequence[str], normalizer) -> list[str]:
+    """`##c` for every character `c` of the normalized texts, sorted.
+
+    The `tokenizers` trainers (0.22) create these one-character continuation pieces in hash-map order, which differs
+    from process to process; their ids then break ties between equally frequent merges, so the same texts gave
+    different vocabularies (huggingface/tokenizers#1794). Passed as special tokens they exist, in this order, before
+    training starts, and the vocabulary no longer depends on the process."""
+    chars = set()
+    for batch in _batches(texts):
+        chars.update(normalizer.normalize_str("\n".join(batch)))
+    return [PIECE_PREFIX + c for c in sorted(chars) if not _splits_words(c)]
+
+
+def _splits_words(char: str) -> bool:
+    # What BertPreTokenizer splits on (whitespace, ASCII and Unicode punctuation): never inside a word.
+    is_ascii_punctuation = char.isascii() and char.isprintable() and not char.isalnum()
+    return char.isspace() or is_ascii_punctuation or unicodedata.category(char).startswith("P")
+
+
+def _unmark_special(tokenizer: Tokenizer, pieces: set[str]) -> Tokenizer:
+    """Keep the continuation pieces in the vocabulary (same ids) but as ordinary tokens: as special tokens they
+    would be matched in raw text and dropped by `decode(skip_special_tokens=True)`."""
+    state = json.loads(tokenizer.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] not in pieces]
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def _batches(texts: Iterable[str], size: int = 10000):
