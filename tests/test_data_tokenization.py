@@ -55,6 +55,17 @@ def test_training_gives_the_same_vocabulary_in_every_process():
         assert len(vocab) > 500 and pieces and "##(" not in pieces  # no piece for a character that splits words
 
 
+def test_every_continuation_piece_is_created_before_training():
+    # Characters Python and the Rust pre-tokenizer classify differently (U+001C is whitespace to Python only, U+2E43
+    # punctuation in newer Unicode tables) and one that only starts words ("q").
+    texts = ["ab\x1ccd", "qr\u2e43st", "toy story", "q"]
+    tokenizer = train_behavior_tokenizer(texts, vocab_size=100, min_frequency=1)
+    vocab = tokenizer.get_vocab()
+    pieces = sorted((token for token in vocab if token.startswith("##") and len(token) == 3), key=vocab.get)
+    assert pieces == sorted(pieces)  # numbered in sorted order, none left to the trainer's hash order
+    assert "##\x1c" in pieces and "##\u2e43" in pieces and "##q" not in pieces
+
+
 def test_continuation_pieces_are_ordinary_tokens():
     tokenizer = train_behavior_tokenizer(TEXTS, vocab_size=200, min_frequency=1)
     assert set(tokenizer.all_special_tokens) == {"[UNK]", "[PAD]", "[MASK]"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 MASK_TOKEN = "[MASK]"
+PIECE_PREFIX = "##"  # continuation pieces, WordPiece and BPE alike
 
 
 def train_behavior_tokenizer(
@@ -45,9 +45,9 @@ def train_behavior_tokenizer(
     if not isinstance(texts, Sequence) or isinstance(texts, str):
         texts = list(texts)
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
-    normalizer = normalizers.Sequence(steps)
+    normalizer, pre_tokenizer = normalizers.Sequence(steps), pre_tokenizers.BertPreTokenizer()
     special = [PAD_TOKEN, UNK_TOKEN, MASK_TOKEN]
-    pieces = _continuing_pieces(texts, normalizer)
+    pieces = _continuing_pieces(texts, normalizer, pre_tokenizer)
     options = dict(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special + pieces)
     if model == "wordpiece":
         tokenizer = Tokenizer(models.WordPiece(unk_token=UNK_TOKEN))
@@ -57,7 +57,7 @@ def train_behavior_tokenizer(
         trainer = trainers.BpeTrainer(**options, continuing_subword_prefix=PIECE_PREFIX)
     tokenizer.decoder = decoders.WordPiece()
     tokenizer.normalizer = normalizer
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.train_from_iterator(_batches(texts), trainer=trainer)
     tokenizer = _unmark_special(tokenizer, set(pieces))
     return PreTrainedTokenizerFast(
@@ -70,26 +70,19 @@ def train_behavior_tokenizer(
     )
 
 
-PIECE_PREFIX = "##"
-
-
-def _continuing_pieces(texts: Sequence[str], normalizer) -> list[str]:
-    """`##c` for every character `c` of the normalized texts, sorted.
+def _continuing_pieces(texts: Sequence[str], normalizer, pre_tokenizer) -> list[str]:
+    """`##c` for every character `c` found after the first character of a word (normalized, pre-tokenized), sorted.
 
     The `tokenizers` trainers (0.22) create these one-character continuation pieces in hash-map order, which differs
     from process to process; their ids then break ties between equally frequent merges, so the same texts gave
     different vocabularies (huggingface/tokenizers#1794). Passed as special tokens they exist, in this order, before
-    training starts, and the vocabulary no longer depends on the process."""
+    training starts, and the vocabulary no longer depends on the process. The words come from the tokenizer's own
+    normalizer and pre-tokenizer, so the set is exactly the pieces the trainer would create."""
     chars = set()
     for batch in _batches(texts):
-        chars.update(normalizer.normalize_str("\n".join(batch)))
-    return [PIECE_PREFIX + c for c in sorted(chars) if not _splits_words(c)]
-
-
-def _splits_words(char: str) -> bool:
-    # What BertPreTokenizer splits on (whitespace, ASCII and Unicode punctuation): never inside a word.
-    is_ascii_punctuation = char.isascii() and char.isprintable() and not char.isalnum()
-    return char.isspace() or is_ascii_punctuation or unicodedata.category(char).startswith("P")
+        words = pre_tokenizer.pre_tokenize_str(normalizer.normalize_str("\n".join(batch)))
+        chars.update("".join(word[1:] for word, _ in words))
+    return [PIECE_PREFIX + c for c in sorted(chars)]
 
 
 def _unmark_special(tokenizer: Tokenizer, pieces: set[str]) -> Tokenizer:
