@@ -176,6 +176,14 @@ class PTUMDropout(nn.Dropout):
         return _MaskedScale.apply(x, keep, scale)
 
 
+def _split_heads(qkv: torch.Tensor, rows: int, length: int, num_heads: int):
+    """(rows * length, 3 * H * d) or (rows, length, 3 * H * d) projections -> q, k, v, each (rows, H, length, d).
+
+    Unbound on the (3) axis: the backward stacks the three gradients straight into the projection's layout (one copy);
+    a permute first would add a second copy of the whole gradient."""
+    return tuple(t.transpose(1, 2) for t in qkv.view(rows, length, 3, num_heads, -1).unbind(2))
+
+
 class _Padded:
     """The valid slots of a (B, N) mask, packed: position-wise layers run on the (T, C) valid rows only, and
     `pad` puts them back into (B, N, C) for attention over each row. Padding never enters a valid slot's result, so
@@ -198,7 +206,7 @@ class _Padded:
     def attend(self, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
         """Packed (T, 3 * H * d) projections -> packed (T, H * d) attention outputs within each row."""
         batch, slots = self.mask.shape
-        q, k, v = (t.transpose(1, 2) for t in self.pad(qkv).view(batch, slots, 3, num_heads, -1).unbind(2))
+        q, k, v = _split_heads(self.pad(qkv), batch, slots, num_heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.key_mask)
         return self.pack(out.transpose(1, 2).reshape(batch, slots, -1))
 
@@ -235,9 +243,7 @@ class _LengthGroups:
         for (length, rows), block in zip(self.groups, blocks):
             if not length:
                 continue
-            # unbind on the (3) axis: its backward stacks the three gradients straight into the block's layout
-            # (one copy); a permute first would add a second copy of the whole (T, 3 * H * d) gradient.
-            q, k, v = (t.transpose(1, 2) for t in block.view(rows, length, 3, num_heads, -1).unbind(2))
+            q, k, v = _split_heads(block, rows, length, num_heads)
             out = F.scaled_dot_product_attention(q, k, v)
             outputs.append(out.transpose(1, 2).reshape(rows * length, -1))
         return torch.cat(outputs) if outputs else qkv.new_zeros(0, qkv.shape[-1] // 3)
@@ -291,7 +297,7 @@ class PTUMSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
-        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(batch, length, 3, self.num_heads, -1).unbind(2))
+        q, k, v = _split_heads(self.qkv(x), batch, length, self.num_heads)
         # A row with no valid key would give NaN; let such rows attend everywhere, callers zero them afterwards.
         key_mask = mask | ~mask.any(-1, keepdim=True)
         # No dropout on attention probabilities (the paper drops embeddings and layer outputs only): on CPU the
