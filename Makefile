@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Large CPU tensors on transparent huge pages (benchmarks/RESULTS.md); `ptum-hf` sets it itself, scripts do not.
+export THP_MEM_ALLOC_ENABLE ?= 1
 
-.PHONY: install demo test bench reproduce clean
+.PHONY: install demo test lint format bench reproduce clean
 
 install: $(STAMP)
 
@@ -23,8 +25,17 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/demo.py --output_dir outputs/demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q tests
+
+# ruff's settings are in pyproject.toml; `make format` applies what `make lint` checks.
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pretraining.py

@@ -58,6 +58,7 @@ def records_to_dataset(records):
     """The reference corpus (user id, token lists, times) -> a ptum-hf `BehaviorDataset` (a title's text is its
     words joined by spaces; identical titles become one behavior)."""
     import pandas as pd
+
     from ptum_hf.data.dataset import BehaviorDataset, users_dataset
     from ptum_hf.data.report import IngestReport
 
@@ -71,8 +72,14 @@ def records_to_dataset(records):
     codes, vocabulary = pd.factorize(np.asarray(texts, dtype=object))
     offsets = np.r_[0, np.cumsum(lengths)]
     users = users_dataset(user_ids, offsets, codes.astype(np.int64), np.asarray(times, np.int64))
-    report = IngestReport(files=["<reference synth_records>"], rows_read=len(texts), events_read=len(texts),
-                          events_kept=len(texts), users_read=len(user_ids), users_kept=len(user_ids))
+    report = IngestReport(
+        files=["<reference synth_records>"],
+        rows_read=len(texts),
+        events_read=len(texts),
+        events_kept=len(texts),
+        users_read=len(user_ids),
+        users_kept=len(user_ids),
+    )
     return BehaviorDataset(users=users, behaviors=[str(t) for t in vocabulary], report=report)
 
 
@@ -84,8 +91,10 @@ def dataset_to_records(data, tokenizer, token_cache):
     id_to_token = [None] * len(vocab)
     for token, index in vocab.items():
         id_to_token[index] = token
-    tokens = [[id_to_token[t] for t in token_cache.token_ids[token_cache.offsets[b]:token_cache.offsets[b + 1]]]
-              for b in range(len(token_cache))]
+    tokens = [
+        [id_to_token[t] for t in token_cache.token_ids[token_cache.offsets[b] : token_cache.offsets[b + 1]]]
+        for b in range(len(token_cache))
+    ]
     user_ids = data.users["user_id"]
     records = []
     for u in range(len(seq)):
@@ -149,14 +158,15 @@ def load_saved_corpus(folder):
     behaviors = json.loads((folder / "behaviors.json").read_text())
     report = IngestReport(files=[str(folder)], users_read=len(users), users_kept=len(users))
     return BehaviorDataset(users=users, behaviors=behaviors, report=report), AutoTokenizer.from_pretrained(
-        str(folder / "tokenizer"))
+        str(folder / "tokenizer")
+    )
 
 
 # ----------------------------------------------------------------------------- measurements
 
 
 def train_step(model, optimizer, batch, autocast=None):
-    """One pre-training step as `ptum-hf pretrain` takes it (clipped at 1.0); waits for the loss, so the time is real."""
+    """One pre-training step as `ptum-hf pretrain` takes it (clipped at 1.0); waits for the loss: the time is real."""
     import contextlib
 
     import torch
@@ -173,9 +183,12 @@ def train_step(model, optimizer, batch, autocast=None):
 def header(script: str, machine: dict, threads: int) -> list[str]:
     """The command and machine lines every RESULTS.md section starts with (the description follows on the line)."""
     command = f"python benchmarks/{script} " + " ".join(sys.argv[1:])
-    return [f"Command: `{command}`", "",
-            f"Machine: {machine['cpu']} ({'/'.join(machine['simd'])}), {machine['cpus']} CPUs, torch "
-            f"{machine['torch']}, {threads} threads."]
+    return [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine['cpu']} ({'/'.join(machine['simd'])}), {machine['cpus']} CPUs, torch "
+        f"{machine['torch']}, {threads} threads.",
+    ]
 
 
 def peak_rss_mib() -> float:
@@ -226,14 +239,21 @@ def machine() -> dict:
     except OSError:
         pass
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return {"cpu": model, "simd": simd, "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "mem_gib": round(os.sysconf("SC_PAGE_SIZE")
-                                                                    * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    return {
+        "cpu": model,
+        "simd": simd,
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
 
 
-def run_child(argv: list[str], timeout: float | None = None) -> dict:
-    """Run `python argv...` and return the last JSON line it printed."""
-    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run_child(argv: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
+    """Run `python argv...` (in `env`, default this process's environment) and return the last JSON line it
+    printed."""
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     if out.returncode:
         sys.stderr.write(out.stdout[-4000:] + out.stderr[-4000:])
         raise RuntimeError(f"child {' '.join(argv)} failed with {out.returncode}")
@@ -250,6 +270,6 @@ def write_section(name: str, title: str, body: str):
         text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_name(f".{RESULTS.name}.tmp")  # a run stopped mid-write leaves RESULTS.md whole
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
+    from ptum_hf.atomic import atomic_write_text  # here: the children (the reference's too) must not import ptum_hf
+
+    atomic_write_text(RESULTS, text)  # a run stopped mid-write leaves RESULTS.md whole

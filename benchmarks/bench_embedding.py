@@ -34,15 +34,14 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
 
+    import bench_pretraining
     import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    import bench_pretraining
-    from ptum_hf import PTUMConfig, PTUMModel
+    from ptum_hf import PTUMConfig, PTUMModel, embedding
     from ptum_hf.data import BehaviorTokenCache, load_behavior_dataset, train_behavior_tokenizer
-    from ptum_hf import embedding
-    from ptum_hf.embedding import encode_behavior_table, global_histories, write_user_embeddings
+    from ptum_hf.embedding import encode_behavior_table, user_collator, write_user_embeddings
 
     bench_pretraining.register_cpu_attention_flops()
     torch.set_num_threads(a.threads)
@@ -52,18 +51,25 @@ def main():
     else:
         data = load_behavior_dataset("synthetic", num_users=a.users, seed=0)
     tokenizer = train_behavior_tokenizer(data.behaviors, vocab_size=8000)
-    config = PTUMConfig.from_preset("hsa", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                    label_heads=data.label_heads or None)
+    config = PTUMConfig.from_preset(
+        "hsa", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, label_heads=data.label_heads or None
+    )
     model = PTUMModel(config).eval()
     token_cache = BehaviorTokenCache.build(data.behaviors, tokenizer, config.max_tokens_per_behavior)
     users = len(data.users)
+    collator = user_collator(model, token_cache)
+
+    def global_histories(features):
+        """The batch's history windows over the whole vocabulary (row = behavior id), as the library embeds."""
+        _, history, gaps = collator.histories(features)
+        return torch.from_numpy(history), torch.from_numpy(gaps)
 
     def every_occurrence():
         """No reuse at all: each user's every behavior is encoded for that user (what a pipeline without a behavior
         table does, as the reference's 100-slot layout), then the user encoder; users in the library's order."""
         with torch.inference_mode():
             for features in sorted_batches():
-                history, gaps = global_histories(features, config.max_behaviors)
+                history, gaps = global_histories(features)
                 valid = history >= 0
                 ids, mask = token_cache.gather(history[valid].numpy())
                 local = torch.full_like(history, -1)
@@ -83,10 +89,11 @@ def main():
     times = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds + 1):  # round 0 warms up both paths
-            for use_cache in ((True, False) if r % 2 else (False, True)):
+            for use_cache in (True, False) if r % 2 else (False, True):
                 start = time.perf_counter()
-                write_user_embeddings(model, data, token_cache, Path(tmp) / "users.parquet", batch_size=a.batch_size,
-                                      use_cache=use_cache)
+                write_user_embeddings(
+                    model, data, token_cache, Path(tmp) / "users.parquet", batch_size=a.batch_size, use_cache=use_cache
+                )
                 if r:
                     times[use_cache].append(time.perf_counter() - start)
             if r:
@@ -98,7 +105,7 @@ def main():
     encodings_uncached = encodings_occurrence = 0
     batches = []
     for features in sorted_batches():
-        history, gaps = global_histories(features, config.max_behaviors)
+        history, gaps = global_histories(features)
         encodings_uncached += int(torch.unique(history[history >= 0]).numel())
         encodings_occurrence += int((history >= 0).sum())
         batches.append((history, gaps))
@@ -124,51 +131,70 @@ def main():
 
     cached_s, uncached_s = float(np.median(times[True])), float(np.median(times[False]))
     ratios = [u / c for c, u in zip(times[True], times[False])]
-    res = {"machine": C.machine(), "data": a.data, "users": users, "behaviors": len(data.behaviors),
-           "batch_size": a.batch_size, "rounds": a.rounds,
-           "users_per_s_cached": round(users / cached_s, 1), "users_per_s_uncached": round(users / uncached_s, 1),
-           "speedup_cache": round(float(np.median(ratios)), 2),
-           "users_per_s_occurrence": round(users / float(np.median(occurrence_times)), 1),
-           "speedup_cache_vs_occurrence": round(float(np.median(
-               [o / c for c, o in zip(times[True], occurrence_times)])), 2),
-           "behavior_encodings_cached": len(data.behaviors), "behavior_encodings_uncached": encodings_uncached,
-           "behavior_encodings_occurrence": encodings_occurrence,
-           "table_gflops": round(table_flops / 1e9, 2), "table_s": round(table_s, 3),
-           "user_encoder_gflops": round(user_flops / 1e9, 2), "user_encoder_s": round(user_s, 3)}
+    res = {
+        "machine": C.machine(),
+        "data": a.data,
+        "users": users,
+        "behaviors": len(data.behaviors),
+        "batch_size": a.batch_size,
+        "rounds": a.rounds,
+        "users_per_s_cached": round(users / cached_s, 1),
+        "users_per_s_uncached": round(users / uncached_s, 1),
+        "speedup_cache": round(float(np.median(ratios)), 2),
+        "users_per_s_occurrence": round(users / float(np.median(occurrence_times)), 1),
+        "speedup_cache_vs_occurrence": round(
+            float(np.median([o / c for c, o in zip(times[True], occurrence_times)])), 2
+        ),
+        "behavior_encodings_cached": len(data.behaviors),
+        "behavior_encodings_uncached": encodings_uncached,
+        "behavior_encodings_occurrence": encodings_occurrence,
+        "table_gflops": round(table_flops / 1e9, 2),
+        "table_s": round(table_s, 3),
+        "user_encoder_gflops": round(user_flops / 1e9, 2),
+        "user_encoder_s": round(user_s, 3),
+    }
     # Upper bound of the cache's speedup if nothing but the behavior encoder differed: the user encoder's share is
     # paid by both paths.
     table_per_encoding = res["table_gflops"] / max(len(data.behaviors), 1)
     for key, encodings in (("", encodings_uncached), ("_occurrence", encodings_occurrence)):
         res["speedup_bound_from_flops" + key] = round(
             (encodings * table_per_encoding + res["user_encoder_gflops"])
-            / (res["table_gflops"] + res["user_encoder_gflops"]), 2)
+            / (res["table_gflops"] + res["user_encoder_gflops"]),
+            2,
+        )
     print(json.dumps(res, separators=(",", ":")))
     write_results(a, res)
 
 
 def write_results(a, res):
     lines = C.header("bench_embedding.py", res["machine"], a.threads)
-    lines[-1] += (f" `write_user_embeddings` on {res['data']} ({res['users']} users, {res['behaviors']} distinct "
-                  f"behaviors), batch size {res['batch_size']}, hsa preset (random weights: speed does not depend on "
-                  f"them), median of {res['rounds']} alternating rounds.")
-    lines += ["", "| | with behavior cache | without: each batch's unique behaviors | without: every occurrence |",
-             "|---|---|---|---|",
-             f"| users/s | {res['users_per_s_cached']} | {res['users_per_s_uncached']} | "
-             f"{res['users_per_s_occurrence']} |",
-             f"| behavior encodings | {res['behavior_encodings_cached']} | {res['behavior_encodings_uncached']} | "
-             f"{res['behavior_encodings_occurrence']} |",
-             f"| cache speedup (median of rounds) | | **{res['speedup_cache']}x** | "
-             f"**{res['speedup_cache_vs_occurrence']}x** |",
-             f"| upper bound from FLOPs | | {res['speedup_bound_from_flops']}x | "
-             f"{res['speedup_bound_from_flops_occurrence']}x |",
-             "", "Target: the cache >= 20x faster than without it.", "",
-             "`ptum-hf embed --no_cache` is the middle column: it still encodes each behavior once per batch. The right "
-             "column encodes every behavior of every user for that user, as a pipeline without a behavior table does.",
-             "",
-             f"Where the time goes: encoding the whole behavior table takes {res['table_s']} s "
-             f"({res['table_gflops']} GFLOP); the user encoder over all users takes {res['user_encoder_s']} s "
-             f"({res['user_encoder_gflops']} GFLOP) and is the same work on every path. The bounds above are what the "
-             "cache could give if behavior encodings were all that differed."]
+    lines[-1] += (
+        f" `write_user_embeddings` on {res['data']} ({res['users']} users, {res['behaviors']} distinct "
+        f"behaviors), batch size {res['batch_size']}, hsa preset (random weights: speed does not depend on "
+        f"them), median of {res['rounds']} alternating rounds."
+    )
+    lines += [
+        "",
+        "| | with behavior cache | without: each batch's unique behaviors | without: every occurrence |",
+        "|---|---|---|---|",
+        f"| users/s | {res['users_per_s_cached']} | {res['users_per_s_uncached']} | {res['users_per_s_occurrence']} |",
+        f"| behavior encodings | {res['behavior_encodings_cached']} | {res['behavior_encodings_uncached']} | "
+        f"{res['behavior_encodings_occurrence']} |",
+        f"| cache speedup (median of rounds) | | **{res['speedup_cache']}x** | "
+        f"**{res['speedup_cache_vs_occurrence']}x** |",
+        f"| upper bound from FLOPs | | {res['speedup_bound_from_flops']}x | "
+        f"{res['speedup_bound_from_flops_occurrence']}x |",
+        "",
+        "Target: the cache >= 20x faster than without it.",
+        "",
+        "`ptum-hf embed --no_cache` is the middle column: it still encodes each behavior once per batch. The right "
+        "column encodes every behavior of every user for that user, as a pipeline without a behavior table does.",
+        "",
+        f"Where the time goes: encoding the whole behavior table takes {res['table_s']} s "
+        f"({res['table_gflops']} GFLOP); the user encoder over all users takes {res['user_encoder_s']} s "
+        f"({res['user_encoder_gflops']} GFLOP) and is the same work on every path. The bounds above are what the "
+        "cache could give if behavior encodings were all that differed.",
+    ]
     C.write_section(f"embedding-{a.data}", f"Embedding throughput: {a.data}", "\n".join(lines))
 
 

@@ -46,11 +46,21 @@ def child(a) -> dict:
     tokenizer = train_behavior_tokenizer(texts, vocab_size=8000)
     del texts, sample
     config = PTUMConfig.from_preset("hsa", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    collator = PretrainingCollator(tokenizer=tokenizer, max_tokens=config.max_tokens_per_behavior,
-                                   max_behaviors=config.max_behaviors, num_negatives=config.num_negatives,
-                                   num_next=config.num_next, seed=0)
-    loader = DataLoader(stream, batch_size=BATCH_USERS, collate_fn=collator, num_workers=a.num_workers,
-                        prefetch_factor=4 if a.num_workers else None)
+    collator = PretrainingCollator(
+        tokenizer=tokenizer,
+        max_tokens=config.max_tokens_per_behavior,
+        max_behaviors=config.max_behaviors,
+        num_negatives=config.num_negatives,
+        num_next=config.num_next,
+        seed=0,
+    )
+    loader = DataLoader(
+        stream,
+        batch_size=BATCH_USERS,
+        collate_fn=collator,
+        num_workers=a.num_workers,
+        prefetch_factor=4 if a.num_workers else None,
+    )
     model = PTUMForPretraining(config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if a.adam == "fused" else {}))
@@ -72,14 +82,20 @@ def child(a) -> dict:
     del loader
     mean_step = float(np.mean(t_step))
     half = len(t_step) // 2
-    res = {"size": a.size, "steps_run": limit, "steps_per_epoch": steps_per_epoch, "full_epoch": a.full_epoch,
-           "step_s": round(mean_step, 4), "step_s_first_half": round(float(np.mean(t_step[:half])), 4),
-           "step_s_second_half": round(float(np.mean(t_step[half:])), 4),
-           "users_per_s": round(users / float(np.sum(t_step)), 2),
-           "data_wait_share": round(float(np.sum(t_data)) / float(np.sum(t_step)), 4),
-           "epoch_s_projected": round(steps_per_epoch * mean_step, 1),
-           "peak_rss_mib": C.peak_rss_mib(),
-           "peak_rss_worker_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+    res = {
+        "size": a.size,
+        "steps_run": limit,
+        "steps_per_epoch": steps_per_epoch,
+        "full_epoch": a.full_epoch,
+        "step_s": round(mean_step, 4),
+        "step_s_first_half": round(float(np.mean(t_step[:half])), 4),
+        "step_s_second_half": round(float(np.mean(t_step[half:])), 4),
+        "users_per_s": round(users / float(np.sum(t_step)), 2),
+        "data_wait_share": round(float(np.sum(t_data)) / float(np.sum(t_step)), 4),
+        "epoch_s_projected": round(steps_per_epoch * mean_step, 1),
+        "peak_rss_mib": C.peak_rss_mib(),
+        "peak_rss_worker_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
     if a.full_epoch:
         res["epoch_s_measured"] = round(wall, 1)
     return res
@@ -107,8 +123,19 @@ def main():
         if size <= a.full_epoch_max:
             modes = [False, True] if size == min(sizes) else [True]
         for full in modes:
-            argv = [str(Path(__file__).resolve()), "--size", str(size), "--steps", str(a.steps), "--warmup",
-                    str(a.warmup), "--num-workers", str(a.num_workers), "--threads", str(a.threads)]
+            argv = [
+                str(Path(__file__).resolve()),
+                "--size",
+                str(size),
+                "--steps",
+                str(a.steps),
+                "--warmup",
+                str(a.warmup),
+                "--num-workers",
+                str(a.num_workers),
+                "--threads",
+                str(a.threads),
+            ]
             argv += (["--full-epoch"] if full else []) + ["--adam", a.adam]
             env = {**os.environ, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1")}
             out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=C.ROOT, env=env)
@@ -125,17 +152,27 @@ def main():
 
 def write_results(a, summary):
     lines = C.header("bench_scaling.py", summary["machine"], a.threads)
-    lines[-1] += (f" Streaming synthetic users (hsa preset, {BATCH_USERS} users per batch, texts tokenized per "
-                  f"batch in {a.num_workers} DataLoader worker(s)), one process per size.")
-    lines += ["", "| users | steps run / per epoch | step s (1st half / 2nd half) | users/s | epoch time | waiting for data "
-             "| peak RSS MiB (main + worker) |",
-             "|---|---|---|---|---|---|---|"]
+    lines[-1] += (
+        f" Streaming synthetic users (hsa preset, {BATCH_USERS} users per batch, texts tokenized per "
+        f"batch in {a.num_workers} DataLoader worker(s)), one process per size."
+    )
+    lines += [
+        "",
+        "| users | steps run / per epoch | step s (1st half / 2nd half) | users/s | epoch time | waiting for data "
+        "| peak RSS MiB (main + worker) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary["runs"]:
-        epoch = (f"{r['epoch_s_measured']} s measured (projected from the steps: {r['epoch_s_projected']} s)"
-                 if r["full_epoch"] else f"{r['epoch_s_projected']} s projected")
-        lines.append(f"| {r['size']:,} | {r['steps_run']} / {r['steps_per_epoch']} | {r['step_s']} "
-                     f"({r['step_s_first_half']} / {r['step_s_second_half']}) | {r['users_per_s']} | {epoch} "
-                     f"| {100 * r['data_wait_share']:.1f}% | {r['peak_rss_mib']} + {r['peak_rss_worker_mib']} |")
+        epoch = (
+            f"{r['epoch_s_measured']} s measured (projected from the steps: {r['epoch_s_projected']} s)"
+            if r["full_epoch"]
+            else f"{r['epoch_s_projected']} s projected"
+        )
+        lines.append(
+            f"| {r['size']:,} | {r['steps_run']} / {r['steps_per_epoch']} | {r['step_s']} "
+            f"({r['step_s_first_half']} / {r['step_s_second_half']}) | {r['users_per_s']} | {epoch} "
+            f"| {100 * r['data_wait_share']:.1f}% | {r['peak_rss_mib']} + {r['peak_rss_worker_mib']} |"
+        )
     C.write_section("scaling", "Scaling: one streaming epoch over 10k / 100k / 1M users", "\n".join(lines))
 
 

@@ -11,18 +11,13 @@ import json
 import time
 from pathlib import Path
 
+from ptum_hf.atomic import atomic_write_text
+from ptum_hf.data import load_behavior_data
 from ptum_hf.finetuning import FinetuneArguments, default_training_arguments, finetune
 from ptum_hf.modelcard import PTUMModelCardData
 from ptum_hf.pretraining import PretrainingArguments, pretrain
-from ptum_hf.training_utils import atomic_write_text, load_behavior_data
+from ptum_hf.reproduce.settings import VARIANT_NAMES, VARIANTS, variant_recipe
 
-VARIANTS = {
-    # name: (FinetuneArguments overrides, learning rate). A new head needs large steps; the pre-trained encoders keep
-    # small ones (results/README.md, session 3).
-    "from scratch": ({"from_scratch": True}, 1e-3),
-    "PTUM no finetune": ({"freeze_user_model": True}, 1e-2),
-    "PTUM finetune": ({"user_model_learning_rate": 1e-3}, 1e-2),
-}
 COLUMNS = ("age_accuracy", "age_macro_f1", "gender_accuracy", "gender_macro_f1")
 
 
@@ -50,24 +45,41 @@ def main():
     start = time.perf_counter()
     print(f"[1/2] pre-training on {args.num_users} synthetic users (no labels used)", flush=True)
     pretrain_args = PretrainingArguments(
-        output_dir=str(out / "pretrain"), dataset="synthetic", num_users=args.num_users, synthetic_seed=args.seed,
-        num_epochs=args.pretrain_epochs, per_device_batch_size=64, learning_rate=1e-3, eval_steps=100,
-        save_steps=200, logging_steps=20, seed=args.seed,
+        output_dir=str(out / "pretrain"),
+        dataset="synthetic",
+        num_users=args.num_users,
+        synthetic_seed=args.seed,
+        num_epochs=args.pretrain_epochs,
+        per_device_batch_size=64,
+        learning_rate=1e-3,
+        eval_steps=100,
+        save_steps=200,
+        logging_steps=20,
+        seed=args.seed,
     )
     model_dir = pretrain(pretrain_args, card_data=PTUMModelCardData(model_name="ptum-hsa-synthetic-demo"))
     print(f"      done in {time.perf_counter() - start:.0f}s; model and card in {model_dir}", flush=True)
 
     data = load_behavior_data("synthetic", num_users=args.num_users, synthetic_seed=args.seed)
     rows = {}
-    for step, (name, (overrides, learning_rate)) in enumerate(VARIANTS.items(), 1):
-        print(f"[2/2] fine-tuning demographics on {args.label_fraction:.0%} of the labels: {name} "
-              f"({step}/{len(VARIANTS)})", flush=True)
+    for step, variant in enumerate(VARIANTS, 1):  # the recipes of `ptum-hf reproduce`
+        name = VARIANT_NAMES[variant]
+        overrides, learning_rate = variant_recipe(variant)
+        print(
+            f"[2/2] fine-tuning demographics on {args.label_fraction:.0%} of the labels: {name} "
+            f"({step}/{len(VARIANTS)})",
+            flush=True,
+        )
         finetune_args = FinetuneArguments(
             model_name_or_path=str(model_dir), label_fraction=args.label_fraction, split_seed=args.seed, **overrides
         )
         training_args = default_training_arguments(
-            str(out / "finetune" / name.replace(" ", "-")), "demographics", num_train_epochs=args.finetune_epochs,
-            learning_rate=learning_rate, seed=args.seed, save_total_limit=1,
+            str(out / "finetune" / name.replace(" ", "-")),
+            "demographics",
+            num_train_epochs=args.finetune_epochs,
+            learning_rate=learning_rate,
+            seed=args.seed,
+            save_total_limit=1,
         )
         _, rows[name] = finetune(finetune_args, training_args, data=data)
     report = table(rows)

@@ -1,6 +1,6 @@
 """Fine-tune a PTUM model for ad click-through prediction with the Trainer (same as `ptum-hf finetune ctr`).
 
-    python examples/finetune_ctr.py --model_name_or_path outputs/pretrain/model --label_fraction 0.2
+python examples/finetune_ctr.py --model_name_or_path outputs/pretrain/model --label_fraction 0.2
 """
 
 import sys

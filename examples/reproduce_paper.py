@@ -4,7 +4,7 @@
     python examples/reproduce_paper.py --quick --output_dir /tmp/reproduce
     python examples/reproduce_paper.py --experiments table2,baselines --presets hsa --repeats 3
 
-The same as `ptum-hf reproduce ...`; see `ptum_hf/reproduce.py` for every option.
+The same as `ptum-hf reproduce ...`; `--help` lists every option (the code: `ptum_hf/reproduce/`).
 """
 
 from ptum_hf.reproduce import main

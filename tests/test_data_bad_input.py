@@ -82,8 +82,9 @@ def test_unparseable_timestamp_names_line_and_column(tmp_path):
     assert err.value.line == 4
     with pytest.raises(BehaviorLogError, match="timestamp_format"):
         read_behavior_log(csv_file(tmp_path, HEADER + "1,11/11/2019 9:05:47 AM,a\n"))
-    data = read_behavior_log(csv_file(tmp_path, HEADER + "1,11/11/2019 9:05:47 AM,a\n"),
-                             timestamp_format="%m/%d/%Y %I:%M:%S %p")
+    data = read_behavior_log(
+        csv_file(tmp_path, HEADER + "1,11/11/2019 9:05:47 AM,a\n"), timestamp_format="%m/%d/%Y %I:%M:%S %p"
+    )
     assert data.users[0]["timestamps"] == [1573463147]
 
 
@@ -145,7 +146,7 @@ def test_malformed_files(tmp_path):
     jsonl.write_text('{"user_id": 1, "timestamp": 1, "text": "a"}\n\n{"user_id": 1, oops}\n')
     with pytest.raises(BehaviorLogError, match=r"log\.jsonl, line 3: invalid JSON"):
         read_behavior_log(jsonl)
-    jsonl.write_text('[1, 2]\n')
+    jsonl.write_text("[1, 2]\n")
     with pytest.raises(BehaviorLogError, match="line 1: expected a JSON object"):
         read_behavior_log(jsonl)
     jsonl.write_text('{"user_id": 1, "timestamp": [1, 2], "text": ["a"]}\n')

@@ -19,10 +19,16 @@ from ptum_hf.data import (
     train_behavior_tokenizer,
 )
 
-
 PRETRAINING_KEYS = {
-    "behavior_input_ids", "behavior_attention_mask", "mbp_history_indices", "mbp_history_time_gaps",
-    "mbp_candidate_indices", "mbp_labels", "nbp_history_indices", "nbp_history_time_gaps", "nbp_candidate_indices",
+    "behavior_input_ids",
+    "behavior_attention_mask",
+    "mbp_history_indices",
+    "mbp_history_time_gaps",
+    "mbp_candidate_indices",
+    "mbp_labels",
+    "nbp_history_indices",
+    "nbp_history_time_gaps",
+    "nbp_candidate_indices",
     "nbp_labels",
 }
 
@@ -49,8 +55,9 @@ def batches(draw):
         n = draw(st.integers(1, 12))
         ids = draw(st.lists(st.integers(0, vocab - 1), min_size=n, max_size=n))
         gaps = draw(st.lists(st.integers(0, 1000), min_size=n, max_size=n))
-        users.append({"user_id": f"u{len(users)}", "behavior_ids": ids, "timestamps": np.cumsum(gaps).tolist(),
-                      "age": 1})
+        users.append(
+            {"user_id": f"u{len(users)}", "behavior_ids": ids, "timestamps": np.cumsum(gaps).tolist(), "age": 1}
+        )
     return vocab, users
 
 
@@ -66,11 +73,20 @@ def batches(draw):
 def test_pretraining_properties(data, max_behaviors, num_next, num_negatives, sampling, seed):
     vocab, users = data
     pool = np.arange(vocab).repeat(2)
-    sampler = None if sampling == "batch" else NegativeSampler(
-        pool if sampling == "occurrence" else np.arange(vocab), weighting=sampling)
-    collator = PretrainingCollator(token_cache=fake_cache(vocab), negative_sampler=sampler, seed=seed,
-                                   max_behaviors=max_behaviors, num_next=num_next, num_negatives=num_negatives,
-                                   negative_sampling=sampling)
+    sampler = (
+        None
+        if sampling == "batch"
+        else NegativeSampler(pool if sampling == "occurrence" else np.arange(vocab), weighting=sampling)
+    )
+    collator = PretrainingCollator(
+        token_cache=fake_cache(vocab),
+        negative_sampler=sampler,
+        seed=seed,
+        max_behaviors=max_behaviors,
+        num_next=num_next,
+        num_negatives=num_negatives,
+        negative_sampling=sampling,
+    )
     batch = collator(users)
     assert set(batch) == PRETRAINING_KEYS
     ids = table_ids(batch)
@@ -84,7 +100,7 @@ def test_pretraining_properties(data, max_behaviors, num_next, num_negatives, sa
 
     # in-batch sampling draws from the events the collator read; only a pool without any other behavior than the
     # positive makes an example impossible (-100)
-    batch_pool = set(np.concatenate([u["behavior_ids"][-(max_behaviors + K):] for u in users]).tolist())
+    batch_pool = set(np.concatenate([u["behavior_ids"][-(max_behaviors + K) :] for u in users]).tolist())
 
     def impossible(label, positive):
         return label == -100 and sampling == "batch" and batch_pool == {positive}
@@ -121,9 +137,10 @@ def test_pretraining_properties(data, max_behaviors, num_next, num_negatives, sa
         expected = seq[:cut][-max_behaviors:]
         history = batch["nbp_history_indices"][b].numpy()
         assert cut >= 1 and (ids[history[: len(expected)]] == expected).all()
-        assert (history[len(expected):] == -1).all()
-        assert np.allclose(batch["nbp_history_time_gaps"][b, : len(expected)].numpy(),
-                           times[:cut][-1] - times[:cut][-max_behaviors:])
+        assert (history[len(expected) :] == -1).all()
+        assert np.allclose(
+            batch["nbp_history_time_gaps"][b, : len(expected)].numpy(), times[:cut][-1] - times[:cut][-max_behaviors:]
+        )
         for k in range(K):
             label = int(batch["nbp_labels"][b, k])
             if k >= available:
@@ -152,8 +169,11 @@ def test_dtypes_and_shapes():
 
 
 def test_nbp_rule_for_short_users():
-    users = [{"behavior_ids": [0], "timestamps": [0]}, {"behavior_ids": [1, 2], "timestamps": [0, 1]},
-             {"behavior_ids": [3, 4, 5], "timestamps": [0, 1, 2]}]
+    users = [
+        {"behavior_ids": [0], "timestamps": [0]},
+        {"behavior_ids": [1, 2], "timestamps": [0, 1]},
+        {"behavior_ids": [3, 4, 5], "timestamps": [0, 1, 2]},
+    ]
     batch = PretrainingCollator(token_cache=fake_cache(8), negative_sampler=NegativeSampler(np.arange(8)))(users)
     assert batch["nbp_labels"][0].tolist() == [-100, -100]
     assert batch["nbp_labels"][1, 0] >= 0 and batch["nbp_labels"][1, 1] == -100
@@ -179,8 +199,9 @@ def test_negatives_avoid_the_users_own_behaviors_and_follow_occurrence():
     rng = np.random.default_rng(0)
     sampler = NegativeSampler(np.array([0, 1, 2, 3] + [4] * 96))
     own = np.array([0 * 10 + 1, 0 * 10 + 2])  # user row 0 owns behaviors 1 and 2
-    negatives, _ = sampler.sample(np.zeros(2000, np.int64), 4, rng, owners=np.zeros(2000, np.int64), own_keys=own,
-                                  key_base=10)
+    negatives, _ = sampler.sample(
+        np.zeros(2000, np.int64), 4, rng, owners=np.zeros(2000, np.int64), own_keys=own, key_base=10
+    )
     assert not np.isin(negatives, [0, 1, 2]).any()
     assert (negatives == 4).mean() > 0.9  # by occurrence, behavior 4 dominates
 
@@ -198,8 +219,9 @@ def test_batch_sampling_draws_from_other_users():
 
 def test_seed_reproducible_and_pickle():
     users = [{"behavior_ids": list(range(i, i + 6)), "timestamps": list(range(6))} for i in range(5)]
-    make = lambda: PretrainingCollator(token_cache=fake_cache(20), negative_sampler=NegativeSampler(np.arange(20)),
-                                       seed=3)  # noqa: E731
+    make = lambda: PretrainingCollator(
+        token_cache=fake_cache(20), negative_sampler=NegativeSampler(np.arange(20)), seed=3
+    )  # noqa: E731
     a, b = make()(users), make()(users)
     assert all(torch.equal(a[k], b[k]) for k in a)
     c = pickle.loads(pickle.dumps(make()))(users)
@@ -227,8 +249,9 @@ def synthetic():
 def test_dataloader_workers_and_extra_columns(synthetic):
     data, tokenizer, cache = synthetic
     collator = PretrainingCollator.from_dataset(data, tokenizer, token_cache=cache, seed=0)
-    loader = torch.utils.data.DataLoader(data.users.select(range(64)), batch_size=16, num_workers=2,
-                                         collate_fn=collator)
+    loader = torch.utils.data.DataLoader(
+        data.users.select(range(64)), batch_size=16, num_workers=2, collate_fn=collator
+    )
     batches = list(loader)
     assert len(batches) == 4 and all(set(b) == PRETRAINING_KEYS for b in batches)
     assert batches[0]["behavior_input_ids"].shape[1] <= 30
@@ -240,8 +263,13 @@ def test_demographics_collator(synthetic):
     rows = [data.users[i] for i in range(4)]
     rows[1] = {**rows[1], "age": None}
     batch = collator(rows)
-    assert set(batch) == {"behavior_input_ids", "behavior_attention_mask", "history_indices", "history_time_gaps",
-                          "labels"}
+    assert set(batch) == {
+        "behavior_input_ids",
+        "behavior_attention_mask",
+        "history_indices",
+        "history_time_gaps",
+        "labels",
+    }
     assert batch["labels"].shape == (4, 2) and batch["labels"][1, 0] == -100
     assert batch["labels"][0].tolist() == [rows[0]["age"], rows[0]["gender"]]
     assert batch["history_indices"].shape[1] == 10
@@ -259,8 +287,15 @@ def test_ctr_collator(synthetic):
     rows = [data.ctr["train"][i] for i in range(8)]
     rows[0] = {**rows[0], "ad_description_id": -1}
     batch = collator(rows)
-    assert set(batch) == {"behavior_input_ids", "behavior_attention_mask", "history_indices", "history_time_gaps",
-                          "ad_title_indices", "ad_description_indices", "labels"}
+    assert set(batch) == {
+        "behavior_input_ids",
+        "behavior_attention_mask",
+        "history_indices",
+        "history_time_gaps",
+        "ad_title_indices",
+        "ad_description_indices",
+        "labels",
+    }
     assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [float(r["label"]) for r in rows]
     assert batch["ad_description_indices"][0] == -1 and (batch["ad_description_indices"][1:] >= 0).all()
     sequences = data.sequences()
@@ -280,8 +315,14 @@ def test_ctr_collator(synthetic):
 
 def test_text_rows_dedupe_and_tokenize(synthetic):
     data, tokenizer, cache = synthetic
-    rows = [{"user_id": u["user_id"], "behavior_texts": [data.behaviors[i] for i in u["behavior_ids"]],
-             "timestamps": u["timestamps"]} for u in (data.users[i] for i in range(8))]
+    rows = [
+        {
+            "user_id": u["user_id"],
+            "behavior_texts": [data.behaviors[i] for i in u["behavior_ids"]],
+            "timestamps": u["timestamps"],
+        }
+        for u in (data.users[i] for i in range(8))
+    ]
     rows.append({"user_id": "dup", "behavior_texts": ["same text", "same text", "other"], "timestamps": [1, 2, 3]})
     collator = PretrainingCollator(tokenizer=tokenizer, seed=0, text_buffer_size=50)
     batch = collator(rows)
@@ -312,8 +353,15 @@ def test_trainer_accepts_the_collator(synthetic, tmp_path):
             assert set(batch) == PRETRAINING_KEYS
             return {"loss": ((self.weight - batch["mbp_history_time_gaps"].mean().clamp(max=1)) ** 2).sum()}
 
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8,
-                             remove_unused_columns=False, report_to=[], use_cpu=True, save_strategy="no")
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        remove_unused_columns=False,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
     collator = PretrainingCollator.from_dataset(data, tokenizer, token_cache=cache, seed=0)
     trainer = Trainer(model=Probe(), args=args, train_dataset=data.users, data_collator=collator)
     assert trainer.train().global_step == 2
@@ -325,7 +373,7 @@ def test_collates_many_batches_in_a_row(synthetic):
     collator = PretrainingCollator.from_dataset(data, tokenizer, token_cache=cache, seed=0)
     rows = data.users.select(range(256)).to_list()
     for i in range(0, 256, 64):
-        batch = collator(rows[i:i + 64])
+        batch = collator(rows[i : i + 64])
         assert batch["mbp_candidate_indices"].max() < batch["behavior_input_ids"].shape[0]
 
 

@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 
 from ptum_hf.data import BehaviorLogError, read_behavior_log
 
-
-EVENTS = pd.DataFrame({
-    "user_id": ["a", "a", "b", "a", "b", "c"],
-    "timestamp": [30, 10, 5, 20, 6, 1],
-    "text": ["Third", "First", "Hello world", "Second", "First", "Only one"],
-})
+EVENTS = pd.DataFrame(
+    {
+        "user_id": ["a", "a", "b", "a", "b", "c"],
+        "timestamp": [30, 10, 5, 20, 6, 1],
+        "text": ["Third", "First", "Hello world", "Second", "First", "Only one"],
+    }
+)
 
 
 def write(frame: pd.DataFrame, path, fmt: str):
@@ -88,18 +89,21 @@ def test_per_user_list_rows(tmp_path):
 
 
 def test_timestamps_ints_floats_iso(tmp_path):
-    frame = pd.DataFrame({
-        "user_id": [1, 1, 1, 2],
-        "timestamp": ["1577836800", "2020-01-01T00:00:10Z", "1577836805.9", "2020-01-01 01:00:00+01:00"],
-        "text": ["x", "y", "z", "w"],
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 2],
+            "timestamp": ["1577836800", "2020-01-01T00:00:10Z", "1577836805.9", "2020-01-01 01:00:00+01:00"],
+            "text": ["x", "y", "z", "w"],
+        }
+    )
     data = read_behavior_log(write(frame, tmp_path / "log.csv", "csv"))
     assert data.users[0]["timestamps"] == [1577836800, 1577836805, 1577836810]
     assert data.users[1]["timestamps"] == [1577836800]
     assert data.users["user_id"] == ["1", "2"]  # ids are strings
     ms = pd.DataFrame({"user_id": ["u"], "timestamp": [1_577_836_800_123], "text": ["x"]})
-    assert read_behavior_log(write(ms, tmp_path / "ms.parquet", "parquet"),
-                             timestamp_unit="ms").users[0]["timestamps"] == [1577836800]
+    assert read_behavior_log(write(ms, tmp_path / "ms.parquet", "parquet"), timestamp_unit="ms").users[0][
+        "timestamps"
+    ] == [1577836800]
 
 
 def test_labels_table(tmp_path):
@@ -117,8 +121,9 @@ def test_labels_table(tmp_path):
 
 
 def test_report_invariant_and_summary(tmp_path):
-    frame = pd.concat([EVENTS, pd.DataFrame({"user_id": ["a", "", "d"], "timestamp": [10, 1, None],
-                                             "text": ["First", "x", "y"]})])
+    frame = pd.concat(
+        [EVENTS, pd.DataFrame({"user_id": ["a", "", "d"], "timestamp": [10, 1, None], "text": ["First", "x", "y"]})]
+    )
     data = read_behavior_log(write(frame, tmp_path / "log.csv", "csv"))
     r = data.report
     assert r.events_read == 9 == r.events_kept + sum(r.dropped_events.values())
@@ -129,8 +134,17 @@ def test_report_invariant_and_summary(tmp_path):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3", ""]), st.one_of(st.none(), st.integers(-3, 6)),
-                          st.sampled_from(["a", "b", " a ", "", "c d"])), min_size=1, max_size=25))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2", "u3", ""]),
+            st.one_of(st.none(), st.integers(-3, 6)),
+            st.sampled_from(["a", "b", " a ", "", "c d"]),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
 def test_rules_hold_on_random_logs(rows):
     """Whatever the log: counts add up, times are sorted, every kept event was in the input once."""
     import tempfile

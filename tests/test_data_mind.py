@@ -4,7 +4,6 @@ import pytest
 
 from ptum_hf.data import BehaviorLogError, load_behavior_dataset
 
-
 NEWS = [
     ("N1", "news", "world", "First title here", "Abstract one"),
     ("N2", "sports", "soccer", 'Second "quoted" title', ""),
@@ -42,11 +41,20 @@ def test_mind_layout(tmp_path):
     assert report.dropped_events == {"missing_text": 1}  # the click on N5, which has no title
     assert report.dropped_users == {"no_events": 1}
     assert report.impressions_read == 10
-    assert report.dropped_impressions == {"unlabelled": 1, "unknown_news": 1, "missing_title": 1,
-                                          "user_without_behaviors": 1, "empty_history": 2}
+    assert report.dropped_impressions == {
+        "unlabelled": 1,
+        "unknown_news": 1,
+        "missing_title": 1,
+        "user_without_behaviors": 1,
+        "empty_history": 2,
+    }
     rows = sorted((r for split in data.ctr.values() for r in split), key=lambda r: r["timestamp"])
-    assert [(r["user_index"], r["history_end"], r["label"]) for r in rows] == [(0, 2, 1), (0, 2, 0), (0, 3, 1),
-                                                                               (1, 1, 1)]
+    assert [(r["user_index"], r["history_end"], r["label"]) for r in rows] == [
+        (0, 2, 1),
+        (0, 2, 0),
+        (0, 3, 1),
+        (1, 1, 1),
+    ]
     first = rows[0]
     assert data.behaviors[first["ad_title_id"]] == "Third title"
     assert data.behaviors[first["ad_description_id"]] == "Abstract three"
@@ -55,8 +63,7 @@ def test_mind_layout(tmp_path):
 
 
 def test_history_without_clicks(tmp_path):
-    data = load_behavior_dataset("mind", path=write(tmp_path / "mind"), clicks_as_behaviors=False,
-                                 history_spacing=60)
+    data = load_behavior_dataset("mind", path=write(tmp_path / "mind"), clicks_as_behaviors=False, history_spacing=60)
     assert data.users["user_id"] == ["U1"] and data.users[0]["timestamps"] == [1573463147 - 120, 1573463147 - 60]
 
 

@@ -7,7 +7,6 @@ import pytest
 
 from ptum_hf.data import BehaviorLogError, load_behavior_dataset
 
-
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")
 
 ITEMS = [
@@ -16,8 +15,27 @@ ITEMS = [
     ("3", "unknown", "", {"unknown"}),
     ("4", "Shawshank Redemption, The (1994)", "01-Jan-1994", {"Drama"}),
 ]
-GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 USERS = [("1", "19", "M", "student"), ("2", "20", "F", "writer"), ("3", "60", "M", "retired")]
 
 

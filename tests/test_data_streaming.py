@@ -14,7 +14,6 @@ from ptum_hf.data import (
     train_behavior_tokenizer,
 )
 
-
 GROUPED = (
     "user_id,timestamp,text\n"
     "a,30,Third\na,10,First\na,20,Second\na,20,Second\n"
@@ -50,8 +49,9 @@ def test_per_user_rows_labels_and_shards(tmp_path):
     for part, users in enumerate((["a", "b"], ["c"])):
         with open(tmp_path / f"part{part}.jsonl", "w") as handle:
             for user in users:
-                handle.write(json.dumps({"user_id": user, "text": [f"{user} one", f"{user} two"],
-                                         "timestamp": [2, 1]}) + "\n")
+                handle.write(
+                    json.dumps({"user_id": user, "text": [f"{user} one", f"{user} two"], "timestamp": [2, 1]}) + "\n"
+                )
     labels = pd.DataFrame({"user_id": ["a", "c"], "gender": ["M", "F"]})
     stream = stream_behavior_log(str(tmp_path / "part*.jsonl"), labels=labels)
     assert stream.num_shards == 2
@@ -74,5 +74,5 @@ def test_collating_streamed_rows(tmp_path):
     tokenizer = train_behavior_tokenizer((t for r in rows for t in r["behavior_texts"]), vocab_size=500)
     collator = PretrainingCollator(tokenizer=tokenizer, seed=0, text_buffer_size=1000)
     for start in range(0, 40, 16):
-        batch = collator(rows[start:start + 16])
+        batch = collator(rows[start : start + 16])
         assert (batch["mbp_labels"] >= 0).all() and batch["behavior_input_ids"].shape[1] <= 30

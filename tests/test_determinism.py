@@ -8,13 +8,12 @@ import torch
 import transformers
 
 from ptum_hf.cli import parse
-from ptum_hf.data import train_behavior_tokenizer
+from ptum_hf.data import load_behavior_data, train_behavior_tokenizer
 from ptum_hf.finetuning import FinetuneArguments, default_training_arguments, finetune
 from ptum_hf.pretraining import PretrainingArguments, pretrain
-from ptum_hf.training_utils import load_behavior_data
 
-TINY = {"word_embedding_dim": 16, "hidden_size": 16, "num_attention_heads": 2, "additive_attention_dim": 8,
-        "intermediate_size": 32, "max_behaviors": 20}
+from conftest import TINY
+
 USERS = 200
 TIMING_WORDS = ("runtime", "per_second", "data_wait_share")  # wall-clock measurements, not results
 
@@ -43,17 +42,43 @@ def one_thread():
 
 
 def pretraining_run(output_dir, tokenizer_dir, seed: int):
-    (args,) = parse(PretrainingArguments, [
-        "--output_dir", str(output_dir), "--num_users", str(USERS), "--tokenizer_name", str(tokenizer_dir),
-        "--per_device_batch_size", "16", "--max_steps", "15", "--eval_steps", "5", "--save_steps", "5",
-        "--logging_steps", "1", "--report_to", "csv", "--config_overrides", json.dumps(TINY), "--seed", str(seed),
-        "--deterministic", "true",
-    ])
+    (args,) = parse(
+        PretrainingArguments,
+        [
+            "--output_dir",
+            str(output_dir),
+            "--num_users",
+            str(USERS),
+            "--tokenizer_name",
+            str(tokenizer_dir),
+            "--per_device_batch_size",
+            "16",
+            "--max_steps",
+            "15",
+            "--eval_steps",
+            "5",
+            "--save_steps",
+            "5",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "csv",
+            "--config_overrides",
+            json.dumps(TINY),
+            "--seed",
+            str(seed),
+            "--deterministic",
+            "true",
+        ],
+    )
     folder = pretrain(args)
     from safetensors.torch import load_file
 
-    curve = [line for line in (output_dir / "logs" / "metrics.csv").read_text().splitlines()
-             if not any(word in line for word in TIMING_WORDS)]
+    curve = [
+        line
+        for line in (output_dir / "logs" / "metrics.csv").read_text().splitlines()
+        if not any(word in line for word in TIMING_WORDS)
+    ]
     return curve, load_file(folder / "model.safetensors"), json.loads((folder / "pretraining_metrics.json").read_text())
 
 
@@ -72,14 +97,23 @@ def test_pretraining_same_seed_same_curve_and_weights(tmp_path, tokenizer_dir, o
 
 def finetuning_run(output_dir, data, tokenizer_dir, seed: int):
     args = FinetuneArguments(config_overrides=json.dumps(TINY), num_users=USERS)
-    training_args = default_training_arguments(str(output_dir), "demographics", num_train_epochs=2,
-                                               per_device_train_batch_size=32, logging_steps=1, seed=seed,
-                                               data_seed=seed, use_cpu=True)
+    training_args = default_training_arguments(
+        str(output_dir),
+        "demographics",
+        num_train_epochs=2,
+        per_device_train_batch_size=32,
+        logging_steps=1,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
     trainer, metrics = finetune(args, training_args, data=data, tokenizer=tokenizer)
     results = {k: v for k, v in metrics.items() if not any(word in k for word in TIMING_WORDS)}
-    history = [{k: v for k, v in entry.items() if not any(word in k for word in TIMING_WORDS)}
-               for entry in trainer.state.log_history]
+    history = [
+        {k: v for k, v in entry.items() if not any(word in k for word in TIMING_WORDS)}
+        for entry in trainer.state.log_history
+    ]
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     return results, history, weights
 

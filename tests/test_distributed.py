@@ -22,14 +22,37 @@ import pytest
 from ptum_hf.modeling_ptum import PTUMForPretraining
 from ptum_hf.pretraining import resolve_checkpoint
 
+from conftest import TINY
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker processes from /proc")
 
-TINY = {"word_embedding_dim": 16, "hidden_size": 16, "num_attention_heads": 2, "additive_attention_dim": 8,
-        "intermediate_size": 32, "max_behaviors": 20}
 # 190 training users in batches of 16 over 2 processes: 6 steps per epoch, 36 in all; a checkpoint every 3 steps.
-RUN = ["--num_users", "200", "--per_device_batch_size", "16", "--tokenizer_vocab_size", "500", "--report_to", "none",
-       "--config_overrides", json.dumps(TINY), "--num_epochs", "6", "--save_steps", "3", "--save_total_limit", "2",
-       "--eval_steps", "100", "--logging_steps", "100", "--seed", "3", "--deterministic", "true"]
+RUN = [
+    "--num_users",
+    "200",
+    "--per_device_batch_size",
+    "16",
+    "--tokenizer_vocab_size",
+    "500",
+    "--report_to",
+    "none",
+    "--config_overrides",
+    json.dumps(TINY),
+    "--num_epochs",
+    "6",
+    "--save_steps",
+    "3",
+    "--save_total_limit",
+    "2",
+    "--eval_steps",
+    "100",
+    "--logging_steps",
+    "100",
+    "--seed",
+    "3",
+    "--deterministic",
+    "true",
+]
 TOTAL_STEPS = 36
 
 
@@ -40,13 +63,39 @@ def free_port() -> int:
 
 
 def launch(output_dir, *extra, log_name) -> subprocess.Popen:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "ptum_hf.cli", "pretrain",
-               "--output_dir", str(output_dir), *RUN, *extra]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "ptum_hf.cli",
+        "pretrain",
+        "--output_dir",
+        str(output_dir),
+        *RUN,
+        *extra,
+    ]
     log_path = output_dir.parent / log_name
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

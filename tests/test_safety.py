@@ -25,13 +25,15 @@ from ptum_hf import (
 )
 from ptum_hf.configuration_ptum import BEHAVIOR_ENCODER_TYPES, USER_ENCODER_TYPES
 
-TINY = dict(
-    vocab_size=60, word_embedding_dim=16, hidden_size=16, num_attention_heads=2, additive_attention_dim=8,
-    intermediate_size=32, max_behaviors=12, max_tokens_per_behavior=8, dropout=0.0,
-)
+from conftest import TINY_CONFIG
+
 # A one-layer BERT stands in for MiniLM in the `pretrained` behavior encoder: same code path, tiny and offline.
 TINY_BERT = BertConfig(
-    vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+    vocab_size=60,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
     max_position_embeddings=16,
 ).to_dict()
 HEADS = [PTUMModel, PTUMForPretraining, PTUMForDemographicClassification, PTUMForCTR]
@@ -41,7 +43,7 @@ ENCODER_PAIRS = [(b, USER_ENCODER_TYPES[i % len(USER_ENCODER_TYPES)]) for i, b i
 
 def tiny_config(behavior_encoder_type="attention", **overrides):
     extra = {"text_encoder_config": TINY_BERT} if behavior_encoder_type == "pretrained" else {}
-    return PTUMConfig(**{**TINY, "behavior_encoder_type": behavior_encoder_type, **extra, **overrides})
+    return PTUMConfig(**{**TINY_CONFIG, "behavior_encoder_type": behavior_encoder_type, **extra, **overrides})
 
 
 def write_checkpoint(folder: Path, config_dict: dict, weights: bytes = b"not a safetensors file"):
@@ -156,8 +158,10 @@ def test_pickle_only_hub_repo_is_refused_offline(tmp_path, monkeypatch):
         ({"use_mbp": "false"}, "use_mbp must be true or false"),
         ({"pad_token_id": 60}, r"pad_token_id must be an id in \[0, vocab_size=60\)"),
         ({"label_heads": {"age": 1}}, "label_heads"),
-        ({"behavior_encoder_type": "pretrained", "text_encoder_config": {"model_type": "ptum"}},
-         "must name a model type built into transformers"),
+        (
+            {"behavior_encoder_type": "pretrained", "text_encoder_config": {"model_type": "ptum"}},
+            "must name a model type built into transformers",
+        ),
         ({"hidden_sise": 16}, "unknown PTUMConfig key.*hidden_sise"),
         ({"transformers_weights": "adapter_model.bin"}, "unknown PTUMConfig key.*transformers_weights"),
         ({"evil": 1, "also_evil": 2}, "unknown PTUMConfig key.*also_evil, evil"),
@@ -232,13 +236,13 @@ def test_remote_code_never_runs_without_trust_remote_code(tmp_path):
         for flag, kwargs in (("unset", {{}}), ("false", {{"trust_remote_code": False}})):
             for loader in (AutoConfig, AutoModel):
                 try:
-                    loader.from_pretrained({str(tmp_path / 'ckpt')!r}, **kwargs)
+                    loader.from_pretrained({str(tmp_path / "ckpt")!r}, **kwargs)
                     results[loader.__name__ + "/" + flag] = "loaded"
                 except Exception as error:
                     results[loader.__name__ + "/" + flag] = type(error).__name__ + ": " + str(error)
         results["ran_before_trust"] = os.path.exists({str(sentinel)!r})
         # (AutoConfig rather than AutoModel: the same mechanism, without importing transformers' modeling stack.)
-        config = AutoConfig.from_pretrained({str(tmp_path / 'ckpt')!r}, trust_remote_code=True)
+        config = AutoConfig.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
         results["trusted_module"] = type(config).__module__
         results["ran_after_trust"] = open({str(sentinel)!r}).read() if os.path.exists({str(sentinel)!r}) else ""
         print("RESULTS=" + json.dumps(results))
@@ -246,8 +250,15 @@ def test_remote_code_never_runs_without_trust_remote_code(tmp_path):
     )
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     # stdin closed: transformers' interactive "run the custom code? [y/N]" prompt reads end-of-file, i.e. no.
-    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.split("RESULTS=")[-1])
     for key in ("AutoConfig/unset", "AutoModel/unset", "AutoConfig/false", "AutoModel/false"):
@@ -268,8 +279,12 @@ def test_out_of_range_token_ids_are_refused_with_a_clear_error(bad):
     with pytest.raises(ValueError, match=rf"token ids in \[0, vocab_size=60\).*: {bad}\b"):
         model.encode_behaviors(ids)
     with pytest.raises(ValueError, match=r"vocab_size=60"):
-        PTUMForPretraining(tiny_config())(behavior_input_ids=ids, mbp_history_indices=torch.tensor([[0, -2]]),
-                                          mbp_candidate_indices=torch.tensor([[0, 1]]), mbp_labels=torch.tensor([0]))
+        PTUMForPretraining(tiny_config())(
+            behavior_input_ids=ids,
+            mbp_history_indices=torch.tensor([[0, -2]]),
+            mbp_candidate_indices=torch.tensor([[0, 1]]),
+            mbp_labels=torch.tensor([0]),
+        )
 
 
 def test_token_id_check_names_several_bad_values_and_the_dtype():
@@ -309,12 +324,15 @@ def scenario(name):
     elif name == "all_texts_empty":
         ids[:], mask[:] = 0, 0
     elif name == "huge_time_gaps":
-        gaps = torch.tensor([
-            [1e30, float("inf"), float("nan"), -1.0, 0.0],
-            [-float("inf"), 1e308, 3e9, float("nan"), float("inf")],
-            [float("nan")] * 5,
-            [float("inf")] * 5,
-        ], dtype=torch.float64)
+        gaps = torch.tensor(
+            [
+                [1e30, float("inf"), float("nan"), -1.0, 0.0],
+                [-float("inf"), 1e308, 3e9, float("nan"), float("inf")],
+                [float("nan")] * 5,
+                [float("inf")] * 5,
+            ],
+            dtype=torch.float64,
+        )
     elif name == "extreme_token_ids":
         ids[:3] = 59  # vocab_size - 1, every position
         mask[:3] = 1
@@ -335,17 +353,28 @@ def run_head(head, model, batch):
         mbp_history[:, 0] = -2
         candidates = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 0], [1, 3, -1]])
         return model(
-            behavior_input_ids=ids, behavior_attention_mask=mask,
-            mbp_history_indices=mbp_history, mbp_history_time_gaps=gaps,
-            mbp_candidate_indices=candidates, mbp_labels=torch.tensor([0, 1, 2, 0]),
-            nbp_history_indices=history, nbp_history_time_gaps=gaps,
+            behavior_input_ids=ids,
+            behavior_attention_mask=mask,
+            mbp_history_indices=mbp_history,
+            mbp_history_time_gaps=gaps,
+            mbp_candidate_indices=candidates,
+            mbp_labels=torch.tensor([0, 1, 2, 0]),
+            nbp_history_indices=history,
+            nbp_history_time_gaps=gaps,
             nbp_candidate_indices=torch.stack([candidates, candidates.flip(-1)], 1).clamp(min=0),
             nbp_labels=torch.tensor([[0, 2], [1, 1], [2, 0], [0, -100]]),
         )
     if head is PTUMForDemographicClassification:
         return model(ids, mask, history, gaps, labels=torch.tensor([[0, 1], [3, 0], [2, -100], [1, 1]]))
-    return model(ids, mask, history, gaps, ad_title_indices=torch.tensor([0, 3, 7, 1]),
-                 ad_description_indices=torch.tensor([2, -1, 0, 3]), labels=torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    return model(
+        ids,
+        mask,
+        history,
+        gaps,
+        ad_title_indices=torch.tensor([0, 3, 7, 1]),
+        ad_description_indices=torch.tensor([2, -1, 0, 3]),
+        labels=torch.tensor([1.0, 0.0, 1.0, 0.0]),
+    )
 
 
 def assert_all_finite(head, model, batch, autocast=False):
@@ -362,8 +391,14 @@ def assert_all_finite(head, model, batch, autocast=False):
     assert not bad, f"{head.__name__}: non-finite gradients in {bad}"
 
 
-SCENARIOS = ["one_behavior", "all_padding_rows", "empty_texts", "all_texts_empty", "huge_time_gaps",
-             "extreme_token_ids"]
+SCENARIOS = [
+    "one_behavior",
+    "all_padding_rows",
+    "empty_texts",
+    "all_texts_empty",
+    "huge_time_gaps",
+    "extreme_token_ids",
+]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -1,18 +1,13 @@
 """ptum-hf: PTUM user-model pre-training (Wu et al., 2020) as Hugging Face models."""
 
-import os as _os
-import sys as _sys
-
-# Large CPU tensors on transparent huge pages: a fresh activation then costs far fewer page faults, and the
-# elementwise passes of a CPU training step run ~2x faster (benchmarks/RESULTS.md). torch reads the variable once, at
-# its import, so this only applies when ptum_hf is imported first; set THP_MEM_ALLOC_ENABLE=0 to opt out.
-if _sys.platform.startswith("linux") and "torch" not in _sys.modules:
-    _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoModelForSequenceClassification
 
+from .auto import AutoModelForCTR
 from .configuration_ptum import PRESETS, PTUMConfig
 from .modeling_ptum import (
+    IGNORE_INDEX,
+    MASK_INDEX,
+    PAD_INDEX,
     PTUMClassifierOutput,
     PTUMCTROutput,
     PTUMForCTR,
@@ -32,14 +27,19 @@ AutoModel.register(PTUMConfig, PTUMModel, exist_ok=True)
 AutoModelForPreTraining.register(PTUMConfig, PTUMForPretraining, exist_ok=True)
 AutoModelForSequenceClassification.register(PTUMConfig, PTUMForDemographicClassification, exist_ok=True)
 
+
 __all__ = [
     "PRESETS",
+    "PAD_INDEX",
+    "MASK_INDEX",
+    "IGNORE_INDEX",
     "PTUMConfig",
     "PTUMModel",
     "PTUMPreTrainedModel",
     "PTUMForPretraining",
     "PTUMForDemographicClassification",
     "PTUMForCTR",
+    "AutoModelForCTR",
     "PTUMModelOutput",
     "PTUMForPretrainingOutput",
     "PTUMClassifierOutput",

@@ -10,6 +10,7 @@ Each command's arguments are dataclasses parsed with `HfArgumentParser`: give fl
 
 import argparse
 import json
+import os
 import sys
 
 from transformers import HfArgumentParser, TrainingArguments
@@ -79,11 +80,10 @@ def cmd_push(argv):
     parser.add_argument("--repo_id", required=True)
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from .hub import push_to_hub
     from .modeling_ptum import PTUMModel, PTUMPreTrainedModel
-    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(args.folder)
     architecture = (config.architectures or ["PTUMModel"])[0]
@@ -91,8 +91,9 @@ def cmd_push(argv):
     model = model_class.from_pretrained(args.folder)
     tokenizer = AutoTokenizer.from_pretrained(args.folder)
     card = f"{args.folder}/README.md"
-    info = push_to_hub(model, args.repo_id, tokenizer=tokenizer, card=card if _exists(card) else None,
-                       private=args.private)
+    info = push_to_hub(
+        model, args.repo_id, tokenizer=tokenizer, card=card if _exists(card) else None, private=args.private
+    )
     print(f"pushed: {info}")
 
 
@@ -117,7 +118,21 @@ COMMANDS = {
 }
 
 
+def enable_huge_pages():
+    """Put large CPU tensors on transparent huge pages (Linux): a fresh activation then costs far fewer page faults,
+    and the elementwise passes of a CPU training step run faster (benchmarks/RESULTS.md). The user's own setting,
+    such as THP_MEM_ALLOC_ENABLE=0, stands.
+
+    Only the program does this: a library must not change its user's environment. torch reads the variable once, at
+    its first CPU tensor allocation (importing ptum_hf, transformers and torch allocates none), so this must run
+    before any command builds a tensor; later it changes nothing."""
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def main(argv=None):
+    if argv is None:  # run as the `ptum-hf` program (or `python -m ptum_hf.cli`), not called from Python code
+        enable_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         print(__doc__)

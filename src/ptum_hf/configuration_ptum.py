@@ -6,7 +6,6 @@ import math
 
 from transformers import PretrainedConfig
 
-
 BEHAVIOR_ENCODER_TYPES = ("attention", "cnn", "lstm", "gru", "transformer", "pretrained")
 USER_ENCODER_TYPES = ("transformer", "self_attention", "attention", "gru", "lstm")
 PREDICTOR_TYPES = ("dot",)
@@ -170,15 +169,33 @@ class PTUMConfig(PretrainedConfig):
         _check_choice("user_encoder_type", self.user_encoder_type, USER_ENCODER_TYPES)
         _check_choice("predictor", self.predictor, PREDICTOR_TYPES)
         for name in (
-            "vocab_size", "word_embedding_dim", "behavior_num_layers", "cnn_kernel_size", "max_tokens_per_behavior",
-            "hidden_size", "num_attention_heads", "additive_attention_dim", "user_num_layers", "intermediate_size",
-            "max_behaviors", "num_time_buckets", "num_negatives", "num_next",
+            "vocab_size",
+            "word_embedding_dim",
+            "behavior_num_layers",
+            "cnn_kernel_size",
+            "max_tokens_per_behavior",
+            "hidden_size",
+            "num_attention_heads",
+            "additive_attention_dim",
+            "user_num_layers",
+            "intermediate_size",
+            "max_behaviors",
+            "num_time_buckets",
+            "num_negatives",
+            "num_next",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("freeze_text_encoder", "use_mbp", "use_nbp", "freeze_user_model", "share_ad_encoder",
-                     "classifier_layer_norm", "ad_prior"):
+        for name in (
+            "freeze_text_encoder",
+            "use_mbp",
+            "use_nbp",
+            "freeze_user_model",
+            "share_ad_encoder",
+            "classifier_layer_norm",
+            "ad_prior",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:
@@ -197,7 +214,9 @@ class PTUMConfig(PretrainedConfig):
         if not (self.use_mbp or self.use_nbp):
             raise ValueError("use_mbp and use_nbp are both False: at least one pre-training task must be on")
         if not self.label_heads or not isinstance(self.label_heads, dict):
-            raise ValueError(f"label_heads must be a non-empty dict of head name -> class count, got {self.label_heads!r}")
+            raise ValueError(
+                f"label_heads must be a non-empty dict of head name -> class count, got {self.label_heads!r}"
+            )
         for head, classes in self.label_heads.items():
             if not isinstance(head, str):
                 raise ValueError(f"label_heads keys must be head names (strings), got {head!r}")
@@ -213,7 +232,9 @@ class PTUMConfig(PretrainedConfig):
             or not isinstance(self.pad_token_id, int)
             or not 0 <= self.pad_token_id < self.vocab_size
         ):
-            raise ValueError(f"pad_token_id must be an id in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}")
+            raise ValueError(
+                f"pad_token_id must be an id in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}"
+            )
 
 
 def _is_number(value) -> bool:
@@ -240,7 +261,7 @@ def _check_text_encoder_config(text_config):
         )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built_in_model_types():
     try:
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
@@ -252,23 +273,58 @@ def _built_in_model_types():
 # Keys transformers itself writes into or accepts from a config.json besides a model's own fields. Most come from
 # `PretrainedConfig` at run time (see `_transformers_config_keys`); these are the ones it handles without keeping
 # them as attributes, and the common keys that transformers 4.x wrote, so that older checkpoints still load.
-_TRANSFORMERS_EXTRA_KEYS = frozenset({
-    # written by save_pretrained / to_dict / the Auto classes
-    "_name_or_path", "name_or_path", "architectures", "auto_map", "model_type", "transformers_version",
-    "dtype", "torch_dtype", "id2label", "label2id", "num_labels", "problem_type", "quantization_config",
-    # loader arguments that transformers routes into the config
-    "attn_implementation", "experts_implementation", "output_attentions", "output_hidden_states", "return_dict",
-    # kept or dropped by transformers for backward compatibility
-    "_commit_hash", "_attn_implementation_autoset", "_attn_implementation_internal",
-    "_experts_implementation_internal", "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder",
-    "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder", "tie_word_embeddings",
-    "torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads", "finetuning_task", "tokenizer_class", "prefix",
-    "task_specific_params", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id",
-    "gradient_checkpointing",
-})
+_TRANSFORMERS_EXTRA_KEYS = frozenset(
+    {
+        # written by save_pretrained / to_dict / the Auto classes
+        "_name_or_path",
+        "name_or_path",
+        "architectures",
+        "auto_map",
+        "model_type",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "id2label",
+        "label2id",
+        "num_labels",
+        "problem_type",
+        "quantization_config",
+        # loader arguments that transformers routes into the config
+        "attn_implementation",
+        "experts_implementation",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        # kept or dropped by transformers for backward compatibility
+        "_commit_hash",
+        "_attn_implementation_autoset",
+        "_attn_implementation_internal",
+        "_experts_implementation_internal",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "is_decoder",
+        "add_cross_attention",
+        "cross_attention_hidden_size",
+        "tie_encoder_decoder",
+        "tie_word_embeddings",
+        "torchscript",
+        "use_bfloat16",
+        "tf_legacy_loss",
+        "pruned_heads",
+        "finetuning_task",
+        "tokenizer_class",
+        "prefix",
+        "task_specific_params",
+        "bos_token_id",
+        "eos_token_id",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "gradient_checkpointing",
+    }
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _transformers_config_keys() -> frozenset:
     keys = set(_TRANSFORMERS_EXTRA_KEYS) | set(PretrainedConfig().to_dict())
     if dataclasses.is_dataclass(PretrainedConfig):

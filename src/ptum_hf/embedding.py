@@ -6,7 +6,6 @@ that has it; without it every user's behaviors are encoded again in each batch.
     ptum-hf embed --model_name_or_path outputs/pretrain/model --dataset movielens-100k --output_file users.parquet
 """
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import atomic_file
+from .data import UserCollator
 from .modeling_ptum import PTUMModel
 
 
@@ -47,22 +48,16 @@ def encode_behavior_table(model: PTUMModel, token_cache, batch_size: int = 1024)
     return table
 
 
-def global_histories(features: list[dict], max_behaviors: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Histories that index the whole vocabulary (row = behavior id): the last `max_behaviors` behaviors, right-padded
-    with -1, and seconds to each user's last behavior."""
-    width = max(1, max(min(len(f["behavior_ids"]), max_behaviors) for f in features))
-    history = np.full((len(features), width), -1, np.int64)
-    gaps = np.zeros((len(features), width), np.float32)
-    for row, feature in enumerate(features):
-        ids = np.asarray(feature["behavior_ids"][-max_behaviors:], np.int64)
-        times = np.asarray(feature["timestamps"][-max_behaviors:], np.float64)
-        history[row, : len(ids)] = ids
-        if len(times):
-            gaps[row, : len(times)] = times[-1] - times
-    return torch.from_numpy(history), torch.from_numpy(gaps)
-
-
 SORT_WINDOW_BATCHES = 16  # batches whose users are sorted by history length together
+
+
+def user_collator(model: PTUMModel, token_cache) -> UserCollator:
+    """The collator whose history windows every PTUM task trains on, for this model's config."""
+    return UserCollator(
+        token_cache=token_cache,
+        max_behaviors=model.config.max_behaviors,
+        max_tokens=model.config.max_tokens_per_behavior,
+    )
 
 
 def iter_user_embeddings(model: PTUMModel, data, token_cache, batch_size: int = 256, use_cache: bool = True):
@@ -72,6 +67,7 @@ def iter_user_embeddings(model: PTUMModel, data, token_cache, batch_size: int = 
     a batch is as wide as its longest history, so mixing 20- and 100-behavior users would mostly encode padding."""
     model.eval()
     table = encode_behavior_table(model, token_cache) if use_cache else None
+    collator = user_collator(model, token_cache)
     users = data.users
     window = batch_size * SORT_WINDOW_BATCHES
     with torch.inference_mode():
@@ -82,35 +78,33 @@ def iter_user_embeddings(model: PTUMModel, data, token_cache, batch_size: int = 
             vectors = np.empty((len(features), model.config.hidden_size), np.float32)
             for first in range(0, len(order), batch_size):
                 rows = order[first : first + batch_size]
-                vectors[rows] = _embed_batch(model, [features[i] for i in rows], token_cache, table)
+                vectors[rows] = _embed_batch(model, [features[i] for i in rows], collator, table)
             for first in range(0, len(features), batch_size):
                 chunk = features[first : first + batch_size]
                 yield [row["user_id"] for row in chunk], vectors[first : first + len(chunk)]
 
 
-def _embed_batch(model: PTUMModel, features: list[dict], token_cache, table) -> np.ndarray:
-    history, gaps = global_histories(features, model.config.max_behaviors)
-    if table is not None:
-        out = model(history_indices=history, history_time_gaps=gaps, behavior_embeddings=table)
+def _embed_batch(model: PTUMModel, features: list[dict], collator: UserCollator, table) -> np.ndarray:
+    if table is not None:  # histories over the whole vocabulary, whose vectors are encoded once
+        _, history, gaps = collator.histories(features)
+        out = model(
+            history_indices=torch.from_numpy(history),
+            history_time_gaps=torch.from_numpy(gaps),
+            behavior_embeddings=table,
+        )
     else:  # encode this batch's unique behaviors again
-        valid = history >= 0
-        unique, inverse = torch.unique(history[valid], return_inverse=True)
-        ids, mask = token_cache.gather(unique.numpy())
-        local = torch.full_like(history, -1)
-        local[valid] = inverse
-        out = model(torch.as_tensor(ids), torch.as_tensor(mask), local, gaps)
+        out = model(**collator(features))
     return out.user_embeddings.float().numpy()
 
 
 def write_user_embeddings(model, data, token_cache, output_file, batch_size: int = 256, use_cache: bool = True) -> Path:
     """Write `user_id` and `embedding` (list of float32) to Parquet under a temporary name, then rename."""
     output_file = Path(output_file)
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_file.with_name(f".tmp-{output_file.name}")
-    writer = None
-    total = len(data.users)
-    try:
-        with tqdm(total=total, desc="embed", unit="user") as bar:
+    if not len(data.users):
+        raise ValueError("the dataset has no users to embed")
+    with atomic_file(output_file) as tmp, tqdm(total=len(data.users), desc="embed", unit="user") as bar:
+        writer = None
+        try:
             for user_ids, vectors in iter_user_embeddings(model, data, token_cache, batch_size, use_cache):
                 flat = pa.array(vectors.reshape(-1), type=pa.float32())
                 column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
@@ -119,12 +113,9 @@ def write_user_embeddings(model, data, token_cache, output_file, batch_size: int
                     writer = pq.ParquetWriter(tmp, batch.schema)
                 writer.write_table(batch)
                 bar.update(len(user_ids))
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise ValueError("the dataset has no users to embed")
-    os.replace(tmp, output_file)
+        finally:
+            if writer is not None:
+                writer.close()
     return output_file
 
 
@@ -132,8 +123,7 @@ def run_embedding(args: EmbedArguments) -> Path:
     """The CLI's `embed`: load the model, its tokenizer and the dataset, and write the Parquet file."""
     from transformers import AutoTokenizer
 
-    from .data import BehaviorTokenCache
-    from .training_utils import load_behavior_data
+    from .data import BehaviorTokenCache, load_behavior_data
 
     model = PTUMModel.from_pretrained(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)

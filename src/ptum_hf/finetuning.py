@@ -1,8 +1,8 @@
 """Fine-tuning PTUM user models with the Hugging Face Trainer: demographics and CTR.
 
-    ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --label_fraction 0.2
-    ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --freeze_user_model   # "no finetune"
-    ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --from_scratch        # same architecture, random weights
+ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --label_fraction 0.2
+ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --freeze_user_model   # "no finetune"
+ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --from_scratch   # same model, random weights
 """
 
 import json
@@ -10,12 +10,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, enable_full_determinism, set_seed
 
 from .configuration_ptum import PRESETS, PTUMConfig
+from .data import load_behavior_data, load_tokenizer
+from .data.splits import ctr_splits, demographics_splits, eval_subset
 from .modeling_ptum import PTUMForCTR, PTUMForDemographicClassification
-from .training_utils import split_users_three_way
 
 TASKS = ("demographics", "ctr")
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class FinetuneArguments:
     )
     preset: str = field(default="hsa", metadata={"help": "Preset when no checkpoint is given (trains a tokenizer)."})
     config_overrides: str = field(default="{}", metadata={"help": "JSON of PTUMConfig fields."})
-    freeze_user_model: bool = field(default=False, metadata={"help": "Train only the head (\"no finetune\")."})
+    freeze_user_model: bool = field(default=False, metadata={"help": 'Train only the head ("no finetune").'})
     label_fraction: float = field(default=1.0, metadata={"help": "Share of the labeled training users used."})
     label_heads: str = field(default="age,gender", metadata={"help": "Demographic label columns, comma separated."})
     dataset: str = field(default="synthetic")
@@ -46,18 +46,24 @@ class FinetuneArguments:
     early_stopping_patience: int = field(default=0, metadata={"help": "Evaluations without improvement (0: off)."})
     max_eval_samples: int | None = field(
         default=None,
-        metadata={"help": "Evaluate during training on a seeded random subset of this many validation rows (the "
-                          "test split is always complete): cheaper model selection on large validation sets."},
+        metadata={
+            "help": "Evaluate during training on a seeded random subset of this many validation rows (the "
+            "test split is always complete): cheaper model selection on large validation sets."
+        },
     )
     classifier_layer_norm: bool = field(
         default=True,
-        metadata={"help": "A new demographic head gets a LayerNorm on the user vector (PTUMConfig.classifier_layer_norm); "
-                          "a checkpoint that already has a demographic head keeps its own setting."},
+        metadata={
+            "help": "A new demographic head gets a LayerNorm on the user vector (PTUMConfig.classifier_layer_norm); "
+            "a checkpoint that already has a demographic head keeps its own setting."
+        },
     )
     user_model_learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Learning rate of the user model (behavior and user encoders); the head keeps the Trainer's "
-                          "learning_rate. Lower than the head's, it keeps more of what pre-training learned."},
+        metadata={
+            "help": "Learning rate of the user model (behavior and user encoders); the head keeps the Trainer's "
+            "learning_rate. Lower than the head's, it keeps more of what pre-training learned."
+        },
     )
 
     def __post_init__(self):
@@ -85,11 +91,25 @@ def default_training_arguments(output_dir: str, task: str, **overrides) -> Train
     """Trainer defaults that suit PTUM: evaluate and save every epoch, keep the best by a validation metric."""
     metric = "macro_f1" if task == "demographics" else "auc"
     values = dict(
-        output_dir=output_dir, num_train_epochs=5, learning_rate=1e-3, per_device_train_batch_size=64,
-        per_device_eval_batch_size=128, eval_strategy="epoch", save_strategy="epoch", save_total_limit=1,
-        load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=True, report_to="none",
-        remove_unused_columns=False, logging_steps=20, seed=0, data_seed=0,
-        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
+        output_dir=output_dir,
+        num_train_epochs=5,
+        learning_rate=1e-3,
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=128,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=True,
+        report_to="none",
+        remove_unused_columns=False,
+        logging_steps=20,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
     )
     values.update(overrides)
     return TrainingArguments(**values)
@@ -107,8 +127,10 @@ class PTUMTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         if self.user_model_learning_rate is not None and self.optimizer is not None:
-            raise ValueError("user_model_learning_rate needs the Trainer to build the optimizer; an optimizer was "
-                             "passed in (`optimizers=`): give it the two learning rates yourself")
+            raise ValueError(
+                "user_model_learning_rate needs the Trainer to build the optimizer; an optimizer was "
+                "passed in (`optimizers=`): give it the two learning rates yourself"
+            )
         optimizer = super().create_optimizer(model)
         if self.user_model_learning_rate is None:
             return optimizer
@@ -122,29 +144,15 @@ class PTUMTrainer(Trainer):
                 if params:
                     lr = self.user_model_learning_rate if in_user_model else group["lr"]
                     optimizer.add_param_group({**group, "params": params, "lr": lr})
-        on_user_lr = {id(p) for g in optimizer.param_groups if g["lr"] == self.user_model_learning_rate
-                      for p in g["params"]}
+        on_user_lr = {
+            id(p) for g in optimizer.param_groups if g["lr"] == self.user_model_learning_rate for p in g["params"]
+        }
         if any(p.requires_grad and id(p) not in on_user_lr for p in user_model.parameters()):
-            raise ValueError(f"user_model_learning_rate is not supported with optim={self.args.optim!r} or this model "
-                             "wrapping (the optimizer does not hold the user model's own parameters)")
+            raise ValueError(
+                f"user_model_learning_rate is not supported with optim={self.args.optim!r} or this model "
+                "wrapping (the optimizer does not hold the user model's own parameters)"
+            )
         return optimizer
-
-
-def label_subset(train, fraction: float, seed: int):
-    """The first `fraction` of a seeded shuffle of the training users (nested: 20% is inside 50%)."""
-    if fraction >= 1.0:
-        return train
-    order = np.random.default_rng(seed + 1).permutation(len(train))
-    keep = max(1, int(round(fraction * len(train))))
-    return train.select(np.sort(order[:keep]))
-
-
-def eval_subset(validation, size: int | None, seed: int):
-    """A seeded random `size` rows of the validation split, in their original order (all of it when smaller)."""
-    if size is None or size >= len(validation):
-        return validation
-    keep = np.random.default_rng(seed + 2).choice(len(validation), size, replace=False)
-    return validation.select(np.sort(keep))
 
 
 def build_model(args: FinetuneArguments, tokenizer, label_heads: dict[str, int] | None):
@@ -156,8 +164,9 @@ def build_model(args: FinetuneArguments, tokenizer, label_heads: dict[str, int] 
     overrides["freeze_user_model"] = args.freeze_user_model
     if args.task == "demographics" and "classifier_layer_norm" not in overrides:
         if _has_head(args, head_class):
-            logger.info("%s already has a demographic head: its own classifier_layer_norm is kept",
-                        args.model_name_or_path)
+            logger.info(
+                "%s already has a demographic head: its own classifier_layer_norm is kept", args.model_name_or_path
+            )
         else:
             overrides["classifier_layer_norm"] = args.classifier_layer_norm
     if args.model_name_or_path and not args.from_scratch:
@@ -179,56 +188,45 @@ def _has_head(args: FinetuneArguments, head_class) -> bool:
     return head_class.__name__ in architectures
 
 
-def load_tokenizer_for(args: FinetuneArguments, data):
-    from .training_utils import load_tokenizer
-
-    return load_tokenizer(args.model_name_or_path, data, args.tokenizer_vocab_size)
-
-
-def demographics_splits(data, args: FinetuneArguments):
-    """80/10/10 user split by `split_seed`; the training part cut to `label_fraction` of the labeled users."""
-    labeled = data.users.filter(lambda row: any(row[name] is not None for name in args.head_names))
-    train, validation, test = split_users_three_way(labeled, args.split_seed)
-    return label_subset(train, args.label_fraction, args.split_seed), validation, test
-
-
-def ctr_splits(data, args: FinetuneArguments):
-    """The source's time-based CTR split; training impressions cut to `label_fraction` of the training users."""
+def task_splits(data, args: FinetuneArguments):
+    """(train, validation, test) of the task: users for demographics, impressions for CTR."""
+    if args.task == "demographics":
+        return demographics_splits(data, args.head_names, args.label_fraction, args.split_seed)
     if data.ctr is None:
         raise ValueError(f"dataset {args.dataset!r} has no CTR task")
-    train = data.ctr["train"]
-    if args.label_fraction < 1.0:
-        users = np.unique(np.asarray(train["user_index"]))
-        order = np.random.default_rng(args.split_seed + 1).permutation(users)
-        keep = set(order[: max(1, int(round(args.label_fraction * len(users))))].tolist())
-        train = train.filter(lambda row: row["user_index"] in keep)
-    return train, data.ctr["validation"], data.ctr["test"]
+    return ctr_splits(data, args.label_fraction, args.split_seed)
 
 
 def build_collator(args: FinetuneArguments, data, tokenizer, config, token_cache=None):
     from .data import CTRCollator, DemographicsCollator
 
-    common = dict(max_tokens=config.max_tokens_per_behavior, max_behaviors=config.max_behaviors,
-                  token_cache=token_cache)
+    common = dict(
+        max_tokens=config.max_tokens_per_behavior, max_behaviors=config.max_behaviors, token_cache=token_cache
+    )
     if args.task == "demographics":
         return DemographicsCollator.from_dataset(data, tokenizer, label_names=tuple(config.label_heads), **common)
     return CTRCollator.from_dataset(data, tokenizer, **common)
 
 
-def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=None, tokenizer=None,
-             card_data=None, token_cache=None) -> tuple[Trainer, dict]:
+def finetune(
+    args: FinetuneArguments,
+    training_args: TrainingArguments,
+    data=None,
+    tokenizer=None,
+    card_data=None,
+    token_cache=None,
+) -> tuple[Trainer, dict]:
     """Fine-tune (or train from scratch, or train only the head) and evaluate on the test split.
 
     Returns the Trainer (holding the best model by the validation metric) and the test metrics.
     """
     from .metrics import make_ctr_compute_metrics, make_demographics_compute_metrics
     from .modelcard import ModelCardCallback
-    from .training_utils import load_behavior_data
 
     if data is None:
         data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.synthetic_seed)
     if tokenizer is None:
-        tokenizer = load_tokenizer_for(args, data)
+        tokenizer = load_tokenizer(args.model_name_or_path, data, args.tokenizer_vocab_size)
     label_heads = None
     if args.task == "demographics":
         missing = [name for name in args.head_names if name not in data.label_heads]
@@ -238,19 +236,26 @@ def finetune(args: FinetuneArguments, training_args: TrainingArguments, data=Non
     # Seed before the head (or a from-scratch model) is drawn, not only when the Trainer starts.
     (enable_full_determinism if training_args.full_determinism else set_seed)(training_args.seed)
     model = build_model(args, tokenizer, label_heads)
-    train, validation, test = (demographics_splits if args.task == "demographics" else ctr_splits)(data, args)
+    train, validation, test = task_splits(data, args)
     validation = eval_subset(validation, args.max_eval_samples, args.split_seed)
     collator = build_collator(args, data, tokenizer, model.config, token_cache)
     compute_metrics = (
-        make_demographics_compute_metrics(model.config.label_heads) if args.task == "demographics"
+        make_demographics_compute_metrics(model.config.label_heads)
+        if args.task == "demographics"
         else make_ctr_compute_metrics()
     )
     callbacks = [ModelCardCallback(card_data)] if card_data is not None else []
     if args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
     trainer = PTUMTrainer(
-        model=model, args=training_args, train_dataset=train, eval_dataset=validation, data_collator=collator,
-        compute_metrics=compute_metrics, callbacks=callbacks, processing_class=tokenizer,
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        processing_class=tokenizer,
         user_model_learning_rate=args.user_model_learning_rate,
     )
     trainer.train()

@@ -7,15 +7,13 @@ the tokenizer files when given, and a `README.md` model card.
 
 import contextlib
 import dataclasses
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard
 
+from .atomic import atomic_directory
 from .modelcard import PTUMModelCardData, create_model_card
-
 
 # Formats that unpickle (run code) when loaded; a published PTUM checkpoint never contains them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -43,15 +41,8 @@ def save_for_hub(model, folder, tokenizer=None, card=None, overwrite: bool = Tru
     folder = Path(folder).absolute()
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{folder} exists; pass overwrite=True to replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it private to us; a checkpoint folder is not
+    with atomic_directory(folder) as staging:
         write_checkpoint(model, staging, tokenizer=tokenizer, card=card)
-        _replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
@@ -173,21 +164,6 @@ def _with_model_id(card, repo_id: str):
     if isinstance(card, PTUMModelCardData) and not card.model_id:
         return dataclasses.replace(card, model_id=repo_id)
     return card
-
-
-def _replace(new: Path, target: Path) -> None:
-    """Move the finished folder `new` to `target`, replacing `target` if it exists, with renames only."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rename(target, old / target.name)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(old / target.name, target)  # put the previous checkpoint back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["push_to_hub", "remote_code_registered", "save_for_hub", "write_checkpoint"]

@@ -19,7 +19,6 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
-
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "ptum_model_card_template.md"
 
 PAPER_URL = "https://aclanthology.org/2020.findings-emnlp.174"
@@ -35,7 +34,7 @@ CITATION = """@inproceedings{wu-etal-2020-ptum,
 }"""
 
 # Model class -> (task key, model-index task type, readable task name).
-TASKS = {
+CARD_TASKS = {
     "PTUMModel": ("user-model", "feature-extraction", "User representation"),
     "PTUMForPretraining": ("pretraining", "feature-extraction", "User model pre-training (MBP + NBP)"),
     "PTUMForDemographicClassification": (
@@ -51,9 +50,23 @@ LIBRARIES = ("ptum-hf", "transformers", "torch", "huggingface_hub", "accelerate"
 
 # Training arguments worth a line in the card; the full `TrainingArguments` has about a hundred fields.
 TRAINING_ARGS = (
-    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "num_train_epochs", "max_steps", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
-    "lr_scheduler_type", "optim", "seed", "fp16", "bf16", "eval_strategy", "metric_for_best_model",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "warmup_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "lr_scheduler_type",
+    "optim",
+    "seed",
+    "fp16",
+    "bf16",
+    "eval_strategy",
+    "metric_for_best_model",
     "load_best_model_at_end",
 )
 
@@ -174,7 +187,7 @@ class PTUMModelCardData:
             "task": "pretraining",
             "split": "held-out users",
             "dataset": self.pretraining_dataset,
-            "metrics": {key: value for key, value in row.items() if key != "step" and _is_number(value)},
+            "metrics": {key: value for key, value in row.items() if key != "step" and _is_metric_value(value)},
         }
 
     def record_eval(
@@ -197,7 +210,7 @@ class PTUMModelCardData:
             "split": split,
             "dataset": dataset,
             # The loss depends on the head's parameterisation; the task metrics are what compares across models.
-            "metrics": {name: value for name, value in values.items() if name != "loss" and _is_number(value)},
+            "metrics": {name: value for name, value in values.items() if name != "loss" and _is_metric_value(value)},
         }
 
     def record_group_error_rates(self, rates: dict, dataset: str | None = None) -> None:
@@ -242,7 +255,7 @@ class PTUMModelCardData:
         """(model-index task type, readable name) of a recorded result."""
         if task == "pretraining":
             return PRETRAINING_TASK
-        _, task_type, task_name = TASKS.get(self.model_class, (None, "text-classification", "Fine-tuning"))
+        _, task_type, task_name = CARD_TASKS.get(self.model_class, (None, "text-classification", "Fine-tuning"))
         return task_type, task_name
 
     def to_model_card_data(self) -> ModelCardData:
@@ -263,7 +276,7 @@ class PTUMModelCardData:
 
     def to_dict(self) -> dict[str, Any]:
         """The template's variables."""
-        task, _, task_name = TASKS.get(self.model_class, ("user-model", None, "User representation"))
+        task, _, task_name = CARD_TASKS.get(self.model_class, ("user-model", None, "User representation"))
         return {
             "model_id": self.model_id or "path/to/checkpoint",
             "model_name": self.model_name or self.model_id or "PTUM user model",
@@ -348,8 +361,12 @@ def _strip_split(key: str) -> tuple[str | None, str]:
 def _metric_type(name: str) -> str:
     """A Hub metric id for a recorded metric name (`age_macro_f1` -> `f1`)."""
     for suffix, metric_type in (
-        ("accuracy", "accuracy"), ("f1", "f1"), ("auc", "roc_auc"), ("ap", "average_precision"),
-        ("logloss", "log_loss"), ("loss", "loss"),
+        ("accuracy", "accuracy"),
+        ("f1", "f1"),
+        ("auc", "roc_auc"),
+        ("ap", "average_precision"),
+        ("logloss", "log_loss"),
+        ("loss", "loss"),
     ):
         if name == suffix or name.endswith("_" + suffix):
             return metric_type
@@ -363,7 +380,8 @@ def _plain(value):
     return value
 
 
-def _is_number(value) -> bool:
+def _is_metric_value(value) -> bool:
+    """A metric worth listing: a plain number (after `_plain`), not a flag."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

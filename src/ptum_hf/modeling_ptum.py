@@ -7,18 +7,20 @@ Batch layout. Behaviors repeat across users and as candidates, so a batch carrie
 - `history_time_gaps` (B, N): seconds from each behavior to the view's reference time (bucketed as log2 here);
 - candidates: index tensors into the same table.
 
-Only torch, numpy (which torch and transformers need), public transformers API and the config are imported, so a checkpoint saved with this file loads with
-`trust_remote_code=True` where `ptum_hf` is not installed.
+Only torch, numpy (which torch and transformers need), public transformers API and the config are imported, so a
+checkpoint saved with this file loads with `trust_remote_code=True` where `ptum_hf` is not installed.
 """
 
+import difflib
+import inspect
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.utils.checkpoint
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.dynamic_module_utils import custom_object_save
@@ -26,17 +28,28 @@ from transformers.utils import ModelOutput
 
 from .configuration_ptum import PTUMConfig
 
-
-PAD_INDEX = -1
-MASK_INDEX = -2
+# Markers in index tensors (histories and candidates are rows of the behavior table, so markers are negative) and the
+# label the losses skip. The data collators write these same values.
+PAD_INDEX = -1  # an empty history slot or a missing ad description
+MASK_INDEX = -2  # a masked history slot (MBP): replaced by the learned mask vector
+IGNORE_INDEX = -100  # a label left out of the loss (torch's cross-entropy default)
 CHECKPOINT_CHUNK_BEHAVIORS = 256  # behaviors per recomputed chunk under gradient checkpointing
-IGNORE_INDEX = -100
+# `auto_map` of a checkpoint that ships this file (`register_for_auto_classes`). transformers reads an entry only for
+# the Auto class of that name, so `AutoModelForCTR` (no transformers class; `ptum_hf.AutoModelForCTR` has it) is
+# harmless and names the CTR head for `transformers.dynamic_module_utils.get_class_from_dynamic_module`.
 REMOTE_AUTO_MAP = {
     "AutoConfig": "configuration_ptum.PTUMConfig",
     "AutoModel": "modeling_ptum.PTUMModel",
     "AutoModelForPreTraining": "modeling_ptum.PTUMForPretraining",
     "AutoModelForSequenceClassification": "modeling_ptum.PTUMForDemographicClassification",
+    "AutoModelForCTR": "modeling_ptum.PTUMForCTR",
 }
+# Keyword arguments that generic callers pass to Hugging Face models: `forward` accepts them besides its own and
+# ignores them. The Trainer passes `num_items_in_batch` only to models with `accepts_loss_kwargs` (False here), but
+# other training loops may pass it anyway: PTUM losses are per-batch means whatever it says. The output flags are
+# accepted when false (there is nothing to return for them).
+_IGNORED_FORWARD_KWARGS = ("num_items_in_batch",)
+_UNSUPPORTED_OUTPUT_FLAGS = ("output_attentions", "output_hidden_states")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -145,17 +158,17 @@ class _MaskedScale(torch.autograd.Function):
 
 def _masked_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
     # where + in-place scale: two passes, where `x * keep * scale` (or native_dropout_backward) also converts the
-    # boolean mask to floats first; 1.3-2x faster on CPU for a (30000, 300) tensor.
+    # boolean mask to floats first.
     return torch.where(keep, x, 0.0).mul_(scale)
 
 
 def _keep_mask(shape, p: float) -> tuple[torch.Tensor, float]:
     """A boolean mask keeping each element with probability ~1 - p, and the matching scale.
 
-    `F.dropout` on CPU draws one Bernoulli per element from the (serial) Mersenne Twister: ~20-35 ns per element,
-    more than the matmuls around it. Here 16 random bits per element come from numpy's PCG64 (four elements per
-    64-bit draw, seeded from torch's generator, so `torch.manual_seed` still makes runs repeatable): p is rounded to
-    a multiple of 2**-16 (0.2 -> 0.199997) and the scale is 1 / (1 - that p)."""
+    `F.dropout` on CPU draws one Bernoulli per element from the (serial) Mersenne Twister, which costs more than the
+    matmuls around it. Here 16 random bits per element come from numpy's PCG64 (four elements per 64-bit draw, seeded
+    from torch's generator, so `torch.manual_seed` still makes runs repeatable): p is rounded to a multiple of 2**-16
+    (0.2 -> 0.199997) and the scale is 1 / (1 - that p)."""
     count = math.prod(shape)
     seed = int(torch.randint(0, 2**62, (1,)))
     bits = np.random.PCG64(seed).random_raw((count + 3) // 4).view(np.int16)[:count]
@@ -510,10 +523,41 @@ class PTUMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["PTUMTransformerLayer"]
+    # `forward` takes `**kwargs` (to name unknown ones), which the Trainer would read as accepting loss kwargs: it
+    # would pass `num_items_in_batch` and no longer divide the loss by the gradient accumulation steps.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: PTUMConfig, *inputs, **kwargs):
         config.validate_ptum()  # overrides given to from_pretrained are set after the config's own check
         super().__init__(config, *inputs, **kwargs)
+
+    def _check_forward_kwargs(self, kwargs: dict):
+        """Refuse keyword arguments that `forward` does not know, naming them: a misspelled batch key would otherwise
+        be dropped without a word. Ignores `num_items_in_batch` and false `output_attentions` / `output_hidden_states`.
+        """
+        unsupported = [name for name in _UNSUPPORTED_OUTPUT_FLAGS if kwargs.get(name)]
+        if unsupported:
+            raise ValueError(
+                f"{type(self).__name__} does not support {', '.join(f'{name}=True' for name in unsupported)}: PTUM "
+                "models return no attention maps and no per-layer hidden states"
+            )
+        unknown = [name for name in kwargs if name not in (*_IGNORED_FORWARD_KWARGS, *_UNSUPPORTED_OUTPUT_FLAGS)]
+        if not unknown:
+            return
+        parameters = inspect.signature(self.forward).parameters.values()
+        accepted = [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        named = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            named.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(
+            f"{type(self).__name__}.forward() got unexpected keyword argument(s) {', '.join(named)}; "
+            f"it accepts: {', '.join(accepted)}"
+        )
+
+    def _return_dict(self, return_dict: bool | None) -> bool:
+        """`return_dict` as given, else the config's (`True` unless the config says otherwise)."""
+        return return_dict if return_dict is not None else self.config.return_dict
 
     def _init_weights(self, module):
         if isinstance(module, PTUMPretrainedTextEncoder):
@@ -643,11 +687,16 @@ def _refuse_pickle_only_checkpoint(
         from transformers.utils import has_file
 
         found = [
-            name for name in names
+            name
+            for name in names
             if has_file(
-                path, f"{subfolder}/{name}" if subfolder else name,
-                revision=kwargs.get("revision"), token=kwargs.get("token"), proxies=kwargs.get("proxies"),
-                local_files_only=bool(kwargs.get("local_files_only")), cache_dir=kwargs.get("cache_dir"),
+                path,
+                f"{subfolder}/{name}" if subfolder else name,
+                revision=kwargs.get("revision"),
+                token=kwargs.get("token"),
+                proxies=kwargs.get("proxies"),
+                local_files_only=bool(kwargs.get("local_files_only")),
+                cache_dir=kwargs.get("cache_dir"),
             )
         ]
     except Exception:  # an unknown repo, a gated one, no network: keep transformers' own error
@@ -766,7 +815,7 @@ class PTUMModel(PTUMPreTrainedModel):
         behavior_embeddings: torch.FloatTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> PTUMModelOutput:
+    ) -> PTUMModelOutput | tuple:
         r"""
         Args:
             behavior_input_ids (`torch.LongTensor` of shape `(num_unique_behaviors, max_tokens)`): token ids of the
@@ -778,7 +827,12 @@ class PTUMModel(PTUMPreTrainedModel):
                 behavior to the reference time.
             behavior_embeddings (`torch.FloatTensor` of shape `(num_unique_behaviors, hidden_size)`, *optional*):
                 pre-computed behavior vectors (from `encode_behaviors`); replaces the two token inputs.
+            return_dict (`bool`, *optional*): return a `ModelOutput` (the default, from `config.return_dict`) or, when
+                `False`, the tuple of its fields that are not `None` (`output.to_tuple()`, loss first in the heads).
+
+        Any other keyword argument is refused with a `TypeError` that names it (see `_check_forward_kwargs`).
         """
+        self._check_forward_kwargs(kwargs)
         if history_indices is None:
             raise ValueError("history_indices is required: (batch_size, num_behaviors) rows of the behavior table")
         if behavior_embeddings is None:
@@ -787,7 +841,10 @@ class PTUMModel(PTUMPreTrainedModel):
             behavior_embeddings = self.encode_behaviors(behavior_input_ids, behavior_attention_mask)
         _check_indices(history_indices, behavior_embeddings.shape[0], "history_indices")
         states, users = self.encode_users(behavior_embeddings, history_indices, history_time_gaps)
-        return PTUMModelOutput(user_embeddings=users, last_hidden_state=states, behavior_embeddings=behavior_embeddings)
+        output = PTUMModelOutput(
+            user_embeddings=users, last_hidden_state=states, behavior_embeddings=behavior_embeddings
+        )
+        return output if self._return_dict(return_dict) else output.to_tuple()
 
 
 def _checkpoint(function, *args):
@@ -873,7 +930,7 @@ class PTUMForPretraining(PTUMPreTrainedModel):
         behavior_embeddings: torch.FloatTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> PTUMForPretrainingOutput:
+    ) -> PTUMForPretrainingOutput | tuple:
         r"""
         Args:
             behavior_input_ids, behavior_attention_mask (`(num_unique_behaviors, max_tokens)`): the behavior table.
@@ -884,11 +941,13 @@ class PTUMForPretraining(PTUMPreTrainedModel):
             nbp_candidate_indices (`(batch_size, num_next, num_negatives + 1)`): each next behavior and negatives.
             nbp_labels (`(batch_size, num_next)`): positions of the positives; -100 to ignore.
             *_history_time_gaps (same shape as the history): seconds to the view's reference time.
+            return_dict (`bool`, *optional*): `False` returns `output.to_tuple()` (see `PTUMModel.forward`).
         """
+        self._check_forward_kwargs(kwargs)
         if behavior_embeddings is None:
             behavior_embeddings = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask)
         num = behavior_embeddings.shape[0]
-        out = PTUMForPretrainingOutput()
+        fields = {}
         losses = []
         # The behavior table is encoded once and shared by both views and all candidates; both views go through the
         # user encoder together (one pass over 2B rows: larger matmuls, half the per-call overhead).
@@ -902,19 +961,21 @@ class PTUMForPretraining(PTUMPreTrainedModel):
             _check_indices(nbp_candidate_indices, num, "nbp_candidate_indices")
             views["nbp"] = (nbp_history_indices, nbp_history_time_gaps)
         users = dict(zip(views, self.ptum.encode_user_views(behavior_embeddings, list(views.values()))))
-        if "mbp" in users:
-            candidates = self.ptum.gather_behaviors(behavior_embeddings, mbp_candidate_indices)
-            out.mbp_logits, out.mbp_loss, out.mbp_accuracy = _candidate_loss(users["mbp"], candidates, mbp_labels)
-            if out.mbp_loss is not None:
-                losses.append(out.mbp_loss)
-        if "nbp" in users:
-            candidates = self.ptum.gather_behaviors(behavior_embeddings, nbp_candidate_indices)
-            out.nbp_logits, out.nbp_loss, out.nbp_accuracy = _candidate_loss(users["nbp"], candidates, nbp_labels)
-            if out.nbp_loss is not None:
-                losses.append(self.config.nbp_weight * out.nbp_loss)
-        if losses:
-            out.loss = sum(losses)
-        return out
+        for task, candidate_indices, labels in (
+            ("mbp", mbp_candidate_indices, mbp_labels),
+            ("nbp", nbp_candidate_indices, nbp_labels),
+        ):
+            if task not in users:
+                continue
+            candidates = self.ptum.gather_behaviors(behavior_embeddings, candidate_indices)
+            logits, loss, accuracy = _candidate_loss(users[task], candidates, labels)
+            fields.update({f"{task}_logits": logits, f"{task}_loss": loss, f"{task}_accuracy": accuracy})
+            if loss is not None:
+                losses.append(loss if task == "mbp" else self.config.nbp_weight * loss)
+        # Every field is given at construction: a `ModelOutput` field set later is not placed in field order (loss
+        # would not come first in `to_tuple()`), nor, in transformers 4.x, among the output's keys at all.
+        output = PTUMForPretrainingOutput(loss=sum(losses) if losses else None, **fields)
+        return output if self._return_dict(return_dict) else output.to_tuple()
 
 
 class PTUMForDemographicClassification(PTUMPreTrainedModel):
@@ -944,15 +1005,22 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
         behavior_embeddings: torch.FloatTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> PTUMClassifierOutput:
+    ) -> PTUMClassifierOutput | tuple:
         r"""
         Args:
             labels (`torch.LongTensor` of shape `(batch_size, num_heads)`, or `(batch_size,)` with one head,
                 *optional*): class ids per head in `config.label_heads` order; -100 where a label is missing.
+            return_dict (`bool`, *optional*): `False` returns `output.to_tuple()` (see `PTUMModel.forward`).
         """
+        self._check_forward_kwargs(kwargs)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_user_model):
             user = self.ptum(
-                behavior_input_ids, behavior_attention_mask, history_indices, history_time_gaps, behavior_embeddings
+                behavior_input_ids,
+                behavior_attention_mask,
+                history_indices,
+                history_time_gaps,
+                behavior_embeddings,
+                return_dict=True,
             ).user_embeddings
         logits = self.classifier(self.dropout(self.norm(user)))
         loss = None
@@ -964,12 +1032,13 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
                     f"{len(self.config.label_heads)} heads: {list(self.config.label_heads)}"
                 )
             loss = logits.float().sum() * 0.0  # keeps a gradient when every label is missing
-            for column, (head, head_logits) in enumerate(self.split_logits(logits).items()):
+            for column, head_logits in enumerate(self.split_logits(logits).values()):
                 head_labels = labels[:, column]
                 valid = head_labels != IGNORE_INDEX
                 if bool(valid.any()):
                     loss = loss + F.cross_entropy(head_logits[valid].float(), head_labels[valid])
-        return PTUMClassifierOutput(loss=loss, logits=logits, user_embeddings=user)
+        output = PTUMClassifierOutput(loss=loss, logits=logits, user_embeddings=user)
+        return output if self._return_dict(return_dict) else output.to_tuple()
 
 
 class PTUMForCTR(PTUMPreTrainedModel):
@@ -1010,14 +1079,16 @@ class PTUMForCTR(PTUMPreTrainedModel):
         behavior_embeddings: torch.FloatTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> PTUMCTROutput:
+    ) -> PTUMCTROutput | tuple:
         r"""
         Args:
             ad_title_indices (`torch.LongTensor` of shape `(batch_size,)`): the ad title's row in the behavior table.
             ad_description_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*): the description's row,
                 -1 when the ad has none.
             labels (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): 1 for a click, 0 otherwise.
+            return_dict (`bool`, *optional*): `False` returns `output.to_tuple()` (see `PTUMModel.forward`).
         """
+        self._check_forward_kwargs(kwargs)
         if ad_title_indices is None:
             raise ValueError("ad_title_indices is required: (batch_size,) rows of the behavior table")
         frozen = self.config.freeze_user_model
@@ -1025,8 +1096,12 @@ class PTUMForCTR(PTUMPreTrainedModel):
             if behavior_embeddings is None:
                 behavior_embeddings = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask)
             _check_indices(ad_title_indices, behavior_embeddings.shape[0], "ad_title_indices")
-            user = self.ptum(history_indices=history_indices, history_time_gaps=history_time_gaps,
-                             behavior_embeddings=behavior_embeddings).user_embeddings
+            user = self.ptum(
+                history_indices=history_indices,
+                history_time_gaps=history_time_gaps,
+                behavior_embeddings=behavior_embeddings,
+                return_dict=True,
+            ).user_embeddings
         if ad_description_indices is not None:
             _check_indices(ad_description_indices, behavior_embeddings.shape[0], "ad_description_indices")
         ad_table = None
@@ -1041,10 +1116,14 @@ class PTUMForCTR(PTUMPreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float().view(-1))
-        return PTUMCTROutput(loss=loss, logits=logits, user_embeddings=user, ad_embeddings=ad)
+        output = PTUMCTROutput(loss=loss, logits=logits, user_embeddings=user, ad_embeddings=ad)
+        return output if self._return_dict(return_dict) else output.to_tuple()
 
 
 __all__ = [
+    "PAD_INDEX",
+    "MASK_INDEX",
+    "IGNORE_INDEX",
     "build_behavior_table",
     "PTUMPreTrainedModel",
     "PTUMModel",

@@ -1,10 +1,11 @@
 """
 Data side of ptum-hf: reading behavior logs (`read_behavior_log`, `stream_behavior_log`), built-in sources
-(`load_behavior_dataset`), tokenizers (`train_behavior_tokenizer`, `BehaviorTokenCache`) and the collators that make
-PTUM batches (`PretrainingCollator`, `DemographicsCollator`, `CTRCollator`).
+(`load_behavior_dataset`, or `load_behavior_data` for a name or a log path), tokenizers (`train_behavior_tokenizer`,
+`load_tokenizer`, `BehaviorTokenCache`), seeded user splits (`ptum_hf.data.splits`) and the collators that make PTUM
+batches (`UserCollator`, `PretrainingCollator`, `DemographicsCollator`, `CTRCollator`; `SeededCollator`).
 """
 
-from .collators import IGNORE_INDEX, MASKED, PADDING, CTRCollator, DemographicsCollator, PretrainingCollator
+from .collators import CTRCollator, DemographicsCollator, PretrainingCollator, UserCollator
 from .ctr import split_by_time
 from .dataset import BehaviorDataset, UserSequences
 from .errors import BehaviorLogError
@@ -13,11 +14,11 @@ from .mind import load_mind
 from .movielens import load_movielens
 from .negatives import NegativeSampler
 from .report import IngestReport
-from .sources import load_behavior_dataset
+from .seeding import SeededCollator, UserRows
+from .sources import load_behavior_data, load_behavior_dataset
 from .streaming import stream_behavior_log
 from .synthetic import SyntheticConfig, load_synthetic
-from .tokenization import BehaviorTokenCache, train_behavior_tokenizer
-
+from .tokenization import BehaviorTokenCache, load_tokenizer, train_behavior_tokenizer
 
 __all__ = [
     "BehaviorDataset",
@@ -25,14 +26,15 @@ __all__ = [
     "BehaviorTokenCache",
     "CTRCollator",
     "DemographicsCollator",
-    "IGNORE_INDEX",
     "IngestReport",
-    "MASKED",
     "NegativeSampler",
-    "PADDING",
     "PretrainingCollator",
+    "SeededCollator",
     "SyntheticConfig",
+    "UserCollator",
+    "UserRows",
     "UserSequences",
+    "load_behavior_data",
     "load_behavior_dataset",
     "load_mind",
     "load_movielens",
@@ -40,5 +42,6 @@ __all__ = [
     "read_behavior_log",
     "split_by_time",
     "stream_behavior_log",
+    "load_tokenizer",
     "train_behavior_tokenizer",
 ]

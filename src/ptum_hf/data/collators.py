@@ -32,31 +32,21 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..modeling_ptum import IGNORE_INDEX, MASK_INDEX, PAD_INDEX
 from .dataset import BehaviorDataset, UserSequences
 from .negatives import NegativeSampler, sample_negatives, unique_sorted
 from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, tokenize
 
-
-MASKED = -2  # the MBP slot whose behavior is to be predicted
-PADDING = -1  # history padding, and "no ad description"
-IGNORE_INDEX = -100
 NEGATIVE_SAMPLING = ("occurrence", "uniform", "batch")
 TRAINER_HINT = " (with the HF Trainer, pass TrainingArguments(remove_unused_columns=False))"
 
 
 @dataclass
-class _Events:
-    """A batch's events, flat: user b's are `ids[offsets[b]:offsets[b + 1]]`; ids index `texts` in text mode."""
+class _Events(UserSequences):
+    """A batch's users as `UserSequences`; in text mode the ids index `texts`, this batch's own vocabulary."""
 
-    ids: np.ndarray
-    times: np.ndarray
-    offsets: np.ndarray
-    texts: np.ndarray | None = None  # text mode: the local vocabulary
+    texts: np.ndarray | None = None
     pool: np.ndarray | None = None  # text mode: ids of the recent-texts buffer
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
 
 
 @dataclass
@@ -77,6 +67,27 @@ class BehaviorCollatorBase:
         if self.max_behaviors < 1:
             raise ValueError(f"max_behaviors must be >= 1, got {self.max_behaviors}")
 
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: BehaviorDataset,
+        tokenizer: PreTrainedTokenizerBase,
+        max_tokens: int = 30,
+        token_cache: BehaviorTokenCache | None = None,
+        **kwargs,
+    ):
+        """The collator for `dataset`: its token cache (unless given) and what the task reads from the dataset
+        (`from_dataset_defaults`); `kwargs` set the other fields and override those defaults."""
+        cache = token_cache or BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
+        defaults = cls.from_dataset_defaults(dataset, kwargs)
+        kwargs = {**{k: v for k, v in defaults.items() if k not in kwargs}, **kwargs}
+        return cls(token_cache=cache, tokenizer=tokenizer, max_tokens=max_tokens, **kwargs)
+
+    @classmethod
+    def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
+        """Fields a subclass takes from the dataset unless `kwargs` set them."""
+        return {}
+
     # -- randomness -------------------------------------------------------------------------------------------
     def generator(self) -> np.random.Generator:
         """This process's generator: from `seed` in the main process, from the worker's torch seed in a worker."""
@@ -90,6 +101,12 @@ class BehaviorCollatorBase:
             self._rng_owner = owner
         return self._rng
 
+    def reseed(self, entropy) -> None:
+        """Draw this process's next random choices from `np.random.default_rng(entropy)` (see `SeededCollator`)."""
+        info = torch.utils.data.get_worker_info()
+        self._rng = np.random.default_rng(entropy)
+        self._rng_owner = (os.getpid(), None if info is None else info.seed)
+
     # -- rows -------------------------------------------------------------------------------------------------
     def read_users(self, features: Sequence[dict], keep: int, pool_texts: Sequence[str] = ()) -> _Events:
         """The last `keep` behaviors (ids or texts) and times of each row, checked and flattened."""
@@ -99,8 +116,9 @@ class BehaviorCollatorBase:
         text_mode = "behavior_ids" not in first
         key = "behavior_texts" if text_mode else "behavior_ids"
         if key not in first or "timestamps" not in first:
-            raise KeyError(f"rows need 'behavior_ids' (or 'behavior_texts') and 'timestamps'; got {sorted(first)}"
-                           f"{TRAINER_HINT}")
+            raise KeyError(
+                f"rows need 'behavior_ids' (or 'behavior_texts') and 'timestamps'; got {sorted(first)}{TRAINER_HINT}"
+            )
         if text_mode and self.tokenizer is None:
             raise ValueError("rows hold behavior_texts: pass tokenizer= to the collator")
         if not text_mode and self.token_cache is None:
@@ -111,8 +129,9 @@ class BehaviorCollatorBase:
         bad = (lengths == 0) | (lengths != np.fromiter(map(len, times), np.int64, len(times)))
         if bad.any():
             row = features[int(np.argmax(bad))]
-            raise ValueError(f"user {row.get('user_id', '?')!r} has no behaviors or {key} and timestamps differ "
-                             "in length")
+            raise ValueError(
+                f"user {row.get('user_id', '?')!r} has no behaviors or {key} and timestamps differ in length"
+            )
         offsets = np.zeros(len(values) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         flat_times = np.fromiter(itertools.chain.from_iterable(times), np.int64, int(offsets[-1]))
@@ -120,15 +139,21 @@ class BehaviorCollatorBase:
         decreasing[offsets[1:-1] - 1] = False  # a step between two users is fine
         if decreasing.any():
             row = features[int(np.searchsorted(offsets, np.argmax(decreasing) + 1, "right") - 1)]
-            raise ValueError(f"user {row.get('user_id', '?')!r}: timestamps are not in time order "
-                             "(read_behavior_log sorts them)")
+            raise ValueError(
+                f"user {row.get('user_id', '?')!r}: timestamps are not in time order (read_behavior_log sorts them)"
+            )
         if not text_mode:
             flat = np.fromiter(itertools.chain.from_iterable(values), np.int64, int(offsets[-1]))
             return _Events(flat, flat_times, offsets)
         texts = np.fromiter(itertools.chain.from_iterable(values), object, int(offsets[-1]))
         codes, vocabulary = pd.factorize(np.concatenate([texts, np.asarray(list(pool_texts), dtype=object)]))
-        return _Events(codes[: len(texts)].astype(np.int64), flat_times, offsets, np.asarray(vocabulary, object),
-                       codes[len(texts):].astype(np.int64))
+        return _Events(
+            codes[: len(texts)].astype(np.int64),
+            flat_times,
+            offsets,
+            np.asarray(vocabulary, object),
+            codes[len(texts) :].astype(np.int64),
+        )
 
     def vocabulary_size(self, events: _Events) -> int:
         return len(events.texts) if events.texts is not None else len(self.token_cache)
@@ -142,9 +167,9 @@ class BehaviorCollatorBase:
         index = (ends - lengths)[:, None] + np.arange(width)
         valid = np.arange(width) < lengths[:, None]
         index = np.where(valid, index, 0)
-        ids = np.where(valid, events.ids[index], PADDING)
-        reference = events.times[np.maximum(ends - 1, 0)]
-        gaps = np.where(valid, reference[:, None] - events.times[index], 0).astype(np.float32)
+        ids = np.where(valid, events.behavior_ids[index], PAD_INDEX)
+        reference = events.timestamps[np.maximum(ends - 1, 0)]
+        gaps = np.where(valid, reference[:, None] - events.timestamps[index], 0).astype(np.float32)
         return ids, gaps, lengths
 
     def behavior_table(self, events: _Events, *referenced: np.ndarray):
@@ -217,17 +242,16 @@ class PretrainingCollator(BehaviorCollatorBase):
             raise ValueError("num_negatives and num_next must be >= 1")
         sampler = self.negative_sampler
         if sampler is not None and self.negative_sampling != "batch" and sampler.weighting != self.negative_sampling:
-            raise ValueError(f"negative_sampling={self.negative_sampling!r} but the negative_sampler was built with "
-                             f"weighting={sampler.weighting!r}")
+            raise ValueError(
+                f"negative_sampling={self.negative_sampling!r} but the negative_sampler was built with "
+                f"weighting={sampler.weighting!r}"
+            )
 
     @classmethod
-    def from_dataset(cls, dataset: BehaviorDataset, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 30,
-                     token_cache: BehaviorTokenCache | None = None, **kwargs) -> "PretrainingCollator":
-        """Build the token cache (unless given) and the corpus negative sampler of `dataset`."""
+    def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
+        """The corpus negative sampler of `dataset`."""
         weighting = kwargs.get("negative_sampling", "occurrence")
-        sampler = None if weighting == "batch" else NegativeSampler.from_dataset(dataset, weighting)
-        cache = token_cache or BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
-        return cls(token_cache=cache, tokenizer=tokenizer, max_tokens=max_tokens, negative_sampler=sampler, **kwargs)
+        return {"negative_sampler": None if weighting == "batch" else NegativeSampler.from_dataset(dataset, weighting)}
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         K, P = self.num_next, self.num_negatives
@@ -244,15 +268,15 @@ class PretrainingCollator(BehaviorCollatorBase):
         mbp_ok = n >= 2
         slot = (rng.random(B) * width).astype(np.int64)
         mbp_positive = mbp_ids[users, slot]
-        mbp_ids[users[mbp_ok], slot[mbp_ok]] = MASKED
+        mbp_ids[users[mbp_ok], slot[mbp_ok]] = MASK_INDEX
 
         # NBP: predict the next k = min(K, n - 1) behaviors from the n - k before them.
         available = np.clip(n - 1, 0, K)
         cut = starts + n - available
         nbp_ids, nbp_gaps, _ = self.windows(events, starts, cut, self.max_behaviors)
         has_next = np.arange(K) < available[:, None]
-        next_index = np.minimum(cut[:, None] + np.arange(K), len(events.ids) - 1)
-        next_ids = np.where(has_next, events.ids[next_index], PADDING)
+        next_index = np.minimum(cut[:, None] + np.arange(K), len(events.behavior_ids) - 1)
+        next_ids = np.where(has_next, events.behavior_ids[next_index], PAD_INDEX)
 
         positives = np.concatenate([mbp_positive[mbp_ok], next_ids[has_next]])
         owners = np.concatenate([users[mbp_ok], np.nonzero(has_next)[0]])
@@ -272,7 +296,7 @@ class PretrainingCollator(BehaviorCollatorBase):
         mbp_candidates = np.where(mbp_labels[:, None] >= 0, self.rows(table, mbp_candidates), 0)
         nbp_candidates = np.where(nbp_labels[..., None] >= 0, self.rows(table, nbp_candidates), 0)
         if text_mode:
-            self._buffer.extend(events.texts[events.ids].tolist())
+            self._buffer.extend(events.texts[events.behavior_ids].tolist())
         return _tensors(
             behavior_input_ids=input_ids,
             behavior_attention_mask=mask,
@@ -289,14 +313,17 @@ class PretrainingCollator(BehaviorCollatorBase):
     def negatives(self, events: _Events, positives, owners, rng):
         """(R, P) negatives for the positives, and which ones are impossible (no other behavior to draw)."""
         key_base = self.vocabulary_size(events)
-        own_keys = unique_sorted(np.repeat(np.arange(len(events.lengths)), events.lengths) * key_base + events.ids)
+        own_keys = unique_sorted(
+            np.repeat(np.arange(len(events.lengths)), events.lengths) * key_base + events.behavior_ids
+        )
         args = dict(num=self.num_negatives, rng=rng, owners=owners, own_keys=own_keys, key_base=key_base)
         if self.negative_sampling == "batch":
-            return sample_negatives(events.ids, positives, **args)
+            return sample_negatives(events.behavior_ids, positives, **args)
         if events.texts is not None:  # streaming: the buffer of recent texts plus this batch
-            pool = np.concatenate([events.pool, events.ids])
-            return sample_negatives(unique_sorted(pool) if self.negative_sampling == "uniform" else pool, positives,
-                                    **args)
+            pool = np.concatenate([events.pool, events.behavior_ids])
+            return sample_negatives(
+                unique_sorted(pool) if self.negative_sampling == "uniform" else pool, positives, **args
+            )
         if self.negative_sampler is None:
             raise ValueError(
                 "no corpus to draw negatives from: pass negative_sampler=NegativeSampler.from_dataset(data) (or use "
@@ -317,34 +344,46 @@ def _place(positives: np.ndarray, negatives: np.ndarray, rng: np.random.Generato
 
 
 @dataclass
-class DemographicsCollator(BehaviorCollatorBase):
+class UserCollator(BehaviorCollatorBase):
     """
-    User-level classification (e.g. age and gender): `history_indices`, `history_time_gaps` (B, N): the user's last
-    `max_behaviors` behaviors; `labels` LongTensor (B, H), one column per name of `label_names` in that order,
-    -100 where the user's label is missing (None or negative).
+    Users for inference (embeddings, predictions): `history_indices`, `history_time_gaps` (B, N): each user's last
+    `max_behaviors` behaviors, with the behavior table. `histories` gives the same windows over the whole vocabulary
+    instead (row = behavior id), for a table of behavior vectors encoded once.
     """
 
-    label_names: Sequence[str] = ("age", "gender")
-
-    @classmethod
-    def from_dataset(cls, dataset: BehaviorDataset, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 30,
-                     token_cache: BehaviorTokenCache | None = None, **kwargs) -> "DemographicsCollator":
-        kwargs.setdefault("label_names", tuple(dataset.label_classes))
-        cache = token_cache or BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
-        return cls(token_cache=cache, tokenizer=tokenizer, max_tokens=max_tokens, **kwargs)
+    def histories(self, features: Sequence[dict]) -> tuple[_Events, np.ndarray, np.ndarray]:
+        """(events, behavior ids (B, N) with -1 padding, time gaps (B, N)): the windows every user model sees."""
+        events = self.read_users(features, self.max_behaviors)
+        ids, gaps, _ = self.windows(events, events.offsets[:-1], events.offsets[1:], self.max_behaviors)
+        return events, ids, gaps
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
-        events = self.read_users(features, self.max_behaviors)
-        starts = events.offsets[:-1]
-        ids, gaps, _ = self.windows(events, starts, events.offsets[1:], self.max_behaviors)
+        events, ids, gaps = self.histories(features)
         table, input_ids, mask = self.behavior_table(events, ids)
         return _tensors(
             behavior_input_ids=input_ids,
             behavior_attention_mask=mask,
             history_indices=self.rows(table, ids),
             history_time_gaps=gaps,
-            labels=self.labels(features),
         )
+
+
+@dataclass
+class DemographicsCollator(UserCollator):
+    """
+    User-level classification (e.g. age and gender): the `UserCollator` batch, and `labels` LongTensor (B, H), one
+    column per name of `label_names` in that order, -100 where the user's label is missing (None or negative).
+    """
+
+    label_names: Sequence[str] = ("age", "gender")
+
+    @classmethod
+    def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
+        """Every label column of `dataset`."""
+        return {"label_names": tuple(dataset.label_classes)}
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        return {**super().__call__(features), "labels": torch.from_numpy(self.labels(features))}
 
     def labels(self, features: Sequence[dict]) -> np.ndarray:
         missing = [name for name in self.label_names if name not in features[0]]
@@ -377,11 +416,9 @@ class CTRCollator(BehaviorCollatorBase):
             raise ValueError("CTRCollator needs sequences= (dataset.sequences()) and token_cache=")
 
     @classmethod
-    def from_dataset(cls, dataset: BehaviorDataset, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 30,
-                     token_cache: BehaviorTokenCache | None = None, **kwargs) -> "CTRCollator":
-        cache = token_cache or BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
-        return cls(token_cache=cache, tokenizer=tokenizer, max_tokens=max_tokens, sequences=dataset.sequences(),
-                   **kwargs)
+    def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
+        """The users' sequences, which impressions point into."""
+        return {"sequences": dataset.sequences()}
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not features:

@@ -6,7 +6,6 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-
 CTR_FEATURES = datasets.Features(
     {
         "user_index": datasets.Value("int64"),

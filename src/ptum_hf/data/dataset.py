@@ -34,18 +34,33 @@ class BehaviorDataset:
     report: IngestReport
     ctr: datasets.DatasetDict | None = None
     label_classes: dict[str, list] = field(default_factory=dict)
-    _sequences: "UserSequences | None" = field(default=None, init=False, repr=False, compare=False)
+    _sequences: UserSequences | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def label_heads(self) -> dict[str, int]:
         """Label name -> number of classes, the form `PTUMConfig(label_heads=...)` takes."""
         return {name: len(classes) for name, classes in self.label_classes.items()}
 
-    def sequences(self) -> "UserSequences":
+    def sequences(self) -> UserSequences:
         """The users' behavior ids and times as flat numpy arrays (built once), for collators and samplers."""
         if self._sequences is None:
             self._sequences = UserSequences.from_dataset(self.users)
         return self._sequences
+
+    def statistics(self) -> dict:
+        """Counts for model cards and logs."""
+        lengths = self.sequences().lengths
+        stats = {
+            "users": int(len(lengths)),
+            "events": int(lengths.sum()),
+            "unique_behaviors": len(self.behaviors),
+            "mean_behaviors_per_user": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
+        }
+        if self.label_classes:
+            stats["labels"] = {name: len(classes) for name, classes in self.label_classes.items()}
+        if self.ctr is not None:
+            stats["ctr_impressions"] = {split: part.num_rows for split, part in self.ctr.items()}
+        return stats
 
     def __repr__(self) -> str:
         ctr = {k: v.num_rows for k, v in self.ctr.items()} if self.ctr is not None else None
@@ -67,7 +82,7 @@ class UserSequences:
     offsets: np.ndarray
 
     @classmethod
-    def from_dataset(cls, users: datasets.Dataset) -> "UserSequences":
+    def from_dataset(cls, users: datasets.Dataset) -> UserSequences:
         """Read the `behavior_ids` and `timestamps` columns of `users` without a Python loop over rows."""
         table = users.with_format("arrow")[:]
         ids = table.column("behavior_ids").combine_chunks()

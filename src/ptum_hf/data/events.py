@@ -13,7 +13,6 @@ from .readers import ROW, Source
 from .report import IngestReport
 from .timestamps import TimestampParseError, parse_timestamps
 
-
 EVENT_COLUMNS = ("user_id", "timestamp", "text")
 SOURCE = "_src"  # index of the record's file in the list of sources
 
@@ -32,7 +31,9 @@ def explode_user_rows(frame: pd.DataFrame, source: Source) -> pd.DataFrame:
             row = int(frame[ROW].iloc[position])
             raise source.error(
                 "per-user rows need list values of equal length in 'text' and 'timestamp' "
-                f"(got {_describe(text)} and {_describe(time)})", row=row, column="timestamp",
+                f"(got {_describe(text)} and {_describe(time)})",
+                row=row,
+                column="timestamp",
             )
     frame = frame.assign(text=texts.map(list), timestamp=times.map(list))
     return frame.explode(["text", "timestamp"], ignore_index=True).dropna(subset=["text", "timestamp"], how="all")

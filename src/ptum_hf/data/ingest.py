@@ -51,12 +51,19 @@ import numpy as np
 import pandas as pd
 
 from .dataset import BehaviorDataset, users_dataset
-from .events import EVENT_COLUMNS, SOURCE, Sequences, clean_events, explode_user_rows, group_events, \
-    refuse_if_empty, seen_user_ids
+from .events import (
+    EVENT_COLUMNS,
+    SOURCE,
+    Sequences,
+    clean_events,
+    explode_user_rows,
+    group_events,
+    refuse_if_empty,
+    seen_user_ids,
+)
 from .labels import encode_labels, read_labels
 from .readers import Source, detect_format, iter_chunks, resolve_paths
 from .report import IngestReport
-
 
 PathLike = str | os.PathLike
 Paths = PathLike | Sequence[PathLike]
@@ -114,12 +121,25 @@ def read_behavior_log(
             raw_users |= seen_user_ids(chunk)
             frames.append(chunk.assign(**{SOURCE: index}))
     frame = pd.concat(frames, ignore_index=True)
-    events = clean_events(frame, sources, report, max_text_chars=max_text_chars, timestamp_unit=timestamp_unit,
-                          timestamp_format=timestamp_format)
+    events = clean_events(
+        frame,
+        sources,
+        report,
+        max_text_chars=max_text_chars,
+        timestamp_unit=timestamp_unit,
+        timestamp_format=timestamp_format,
+    )
     label_map = {k: v for k, v in (column_map or {}).items() if v == "user_id"}
     table = read_labels(labels, label_map, label_columns, encoding) if labels is not None else None
-    return group_and_build(events, report, min_behaviors=min_behaviors, raw_users=raw_users, labels=table,
-                           label_classes=label_classes, invalid_labels=invalid_labels)[0]
+    return group_and_build(
+        events,
+        report,
+        min_behaviors=min_behaviors,
+        raw_users=raw_users,
+        labels=table,
+        label_classes=label_classes,
+        invalid_labels=invalid_labels,
+    )[0]
 
 
 def group_and_build(
@@ -148,7 +168,7 @@ def group_and_build(
     texts = events["text"].to_numpy(dtype=object)[sequences.order]
     codes, vocabulary = pd.factorize(np.concatenate([texts, np.asarray(list(extra_texts), dtype=object)]))
     behaviors = [str(t) for t in vocabulary]
-    extra_ids = dict(zip(extra_texts, codes[len(texts):].tolist()))
+    extra_ids = dict(zip(extra_texts, codes[len(texts) :].tolist()))
 
     encoded, classes = {}, {}
     if labels is not None:
@@ -169,6 +189,4 @@ def _check_column_map(column_map: dict | None) -> None:
     if wrong:
         flipped = all(k in targets for k in wrong)
         hint = " (it maps file columns to canonical names: flip the pairs?)" if flipped else ""
-        raise ValueError(
-            f"column_map values must be one of {sorted(targets)}; got {wrong}{hint}"
-        )
+        raise ValueError(f"column_map values must be one of {sorted(targets)}; got {wrong}{hint}")

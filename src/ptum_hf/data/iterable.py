@@ -30,8 +30,7 @@ def iterable_from_tables(
 
 
 def _keyed(generate_tables, **kwargs):
-    for index, table in enumerate(generate_tables(**kwargs)):
-        yield index, table
+    yield from enumerate(generate_tables(**kwargs))
 
 
 def _rows(generate_tables, **kwargs):

@@ -43,19 +43,24 @@ def read_labels(
         columns = None if label_columns is None else ["user_id", *label_columns]
         required = ["user_id", *(label_columns or [])]
         frame = pd.concat(list(iter_chunks(source, columns, column_map, required=required)), ignore_index=True)
-    names = list(label_columns) if label_columns is not None else [
-        c for c in frame.columns if c not in ("user_id", ROW)]
+    names = (
+        list(label_columns) if label_columns is not None else [c for c in frame.columns if c not in ("user_id", ROW)]
+    )
     if not names:
         raise source.error("the labels table has no label column besides 'user_id'")
     user_ids = normalise_ids(frame["user_id"])
     if user_ids.isna().any():
-        raise source.error("missing user id", row=int(frame[ROW].iloc[int(np.argmax(user_ids.isna()))]),
-                           column="user_id")
+        raise source.error(
+            "missing user id", row=int(frame[ROW].iloc[int(np.argmax(user_ids.isna()))]), column="user_id"
+        )
     repeated = user_ids.duplicated().to_numpy()
     if repeated.any():
         position = int(np.argmax(repeated))
-        raise source.error(f"user {user_ids.iloc[position]!r} has a second labels row",
-                           row=int(frame[ROW].iloc[position]), column="user_id")
+        raise source.error(
+            f"user {user_ids.iloc[position]!r} has a second labels row",
+            row=int(frame[ROW].iloc[position]),
+            column="user_id",
+        )
     return LabelTable(source, list(user_ids), frame[names + [ROW]].reset_index(drop=True))
 
 
@@ -94,7 +99,8 @@ def encode_labels(
             raise table.source.error(
                 f"label {table.raw[name].iloc[first]!r} is not one of the classes {names}"
                 " (pass label_classes, or invalid_labels='missing' to treat it as missing)",
-                row=int(table.raw[ROW].iloc[first]), column=name,
+                row=int(table.raw[ROW].iloc[first]),
+                column=name,
             )
         values = np.full(len(user_ids), -1, np.int64)
         values[has_row] = index[rows]

@@ -34,9 +34,7 @@ from .movielens import _read_table
 from .readers import ROW
 from .report import IngestReport
 
-
-NEWS_COLUMNS = ["news_id", "category", "subcategory", "title", "abstract", "url", "title_entities",
-                "abstract_entities"]
+NEWS_COLUMNS = ["news_id", "category", "subcategory", "title", "abstract", "url", "title_entities", "abstract_entities"]
 BEHAVIOR_COLUMNS = ["impression_id", "user_id", "time", "history", "impressions"]
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 
@@ -61,8 +59,11 @@ def load_mind(
     times = pd.to_datetime(rows["time"].str.strip(), format=TIME_FORMAT, errors="coerce")
     if times.isna().any():
         first = int(np.argmax(times.isna().to_numpy()))
-        raise source.error(f"cannot parse time {rows['time'].iloc[first]!r} (expected like '11/11/2019 9:05:47 AM')",
-                           row=first, column="time")
+        raise source.error(
+            f"cannot parse time {rows['time'].iloc[first]!r} (expected like '11/11/2019 9:05:47 AM')",
+            row=first,
+            column="time",
+        )
     rows["seconds"] = times.to_numpy().astype("datetime64[s]").astype(np.int64)
     report = IngestReport(files=[news.attrs["source"].path, source.path])
     report.rows_read = len(rows)  # behaviors.tsv lines
@@ -71,9 +72,20 @@ def load_mind(
     events = _history_events(rows, history_spacing, report)
     if clicks_as_behaviors:
         clicks = impressions[impressions["label"] == 1]
-        events = pd.concat([events, pd.DataFrame({
-            "user_id": clicks["user_id"], "timestamp": clicks["seconds"], "news_id": clicks["news_id"],
-            ROW: clicks[ROW]})], ignore_index=True)
+        events = pd.concat(
+            [
+                events,
+                pd.DataFrame(
+                    {
+                        "user_id": clicks["user_id"],
+                        "timestamp": clicks["seconds"],
+                        "news_id": clicks["news_id"],
+                        ROW: clicks[ROW],
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
     events = events.sort_values([ROW, "timestamp"], kind="stable")
     title = news["title"].reindex(events["news_id"]).to_numpy()
     unknown = pd.isna(title)
@@ -83,8 +95,9 @@ def load_mind(
     cleaned = clean_events(events[["user_id", "timestamp", "text", ROW, SOURCE]], [source], report)
 
     ad_texts = _ad_texts(news, impressions)
-    dataset, sequences, extra_ids = group_and_build(cleaned, report, min_behaviors=min_behaviors,
-                                                    raw_users=set(rows["user_id"]), extra_texts=ad_texts)
+    dataset, sequences, extra_ids = group_and_build(
+        cleaned, report, min_behaviors=min_behaviors, raw_users=set(rows["user_id"]), extra_texts=ad_texts
+    )
     dataset.ctr = _ctr(dataset, impressions, news, extra_ids, report, validation, test)
     report.check()
     return dataset
@@ -95,18 +108,27 @@ def _read_news(path: str, encoding: str) -> pd.DataFrame:
         first = handle.readline()
     fields = first.count(b"\t") + 1
     if fields < 4:
-        raise BehaviorLogError(f"news.tsv needs at least 4 tab-separated fields (id, category, subcategory, title), "
-                               f"found {fields}", path=path, line=1)
-    names = NEWS_COLUMNS[:fields] if fields <= len(NEWS_COLUMNS) else NEWS_COLUMNS + [
-        f"extra{i}" for i in range(fields - len(NEWS_COLUMNS))]
+        raise BehaviorLogError(
+            f"news.tsv needs at least 4 tab-separated fields (id, category, subcategory, title), found {fields}",
+            path=path,
+            line=1,
+        )
+    names = (
+        NEWS_COLUMNS[:fields]
+        if fields <= len(NEWS_COLUMNS)
+        else NEWS_COLUMNS + [f"extra{i}" for i in range(fields - len(NEWS_COLUMNS))]
+    )
     table = _read_table(path, "\t", names, encoding)
     if "abstract" not in table:
         table["abstract"] = ""
     table["news_id"] = table["news_id"].str.strip()
     repeated = table["news_id"].duplicated()
     if repeated.any():
-        raise table.attrs["source"].error(f"news {table['news_id'][repeated].iloc[0]!r} is listed twice",
-                                          row=int(table[ROW][repeated].iloc[0]), column="news_id")
+        raise table.attrs["source"].error(
+            f"news {table['news_id'][repeated].iloc[0]!r} is listed twice",
+            row=int(table[ROW][repeated].iloc[0]),
+            column="news_id",
+        )
     news = table.set_index("news_id")[["title", "abstract"]]
     for column in ("title", "abstract"):
         news[column] = news[column].str.replace(r"\s+", " ", regex=True).str.strip()
@@ -123,11 +145,21 @@ def _impressions(rows: pd.DataFrame, source) -> pd.DataFrame:
     label = np.where(labelled & parts[2].isin(["0", "1"]), pd.to_numeric(parts[2], errors="coerce"), -1)
     bad = labelled & ~parts[2].isin(["0", "1"]) & parts[2].str.fullmatch(r"\d+")
     if bad.any():
-        raise source.error(f"impression {items['item'][bad].iloc[0]!r}: the click label must be 0 or 1",
-                           row=int(items[ROW][bad].iloc[0]), column="impressions")
+        raise source.error(
+            f"impression {items['item'][bad].iloc[0]!r}: the click label must be 0 or 1",
+            row=int(items[ROW][bad].iloc[0]),
+            column="impressions",
+        )
     news_id = np.where(label >= 0, parts[0], items["item"])
-    return pd.DataFrame({"user_id": items["user_id"].to_numpy(), "seconds": items["seconds"].to_numpy(),
-                         "news_id": news_id, "label": label.astype(np.int64), ROW: items[ROW].to_numpy()})
+    return pd.DataFrame(
+        {
+            "user_id": items["user_id"].to_numpy(),
+            "seconds": items["seconds"].to_numpy(),
+            "news_id": news_id,
+            "label": label.astype(np.int64),
+            ROW: items[ROW].to_numpy(),
+        }
+    )
 
 
 def _history_events(rows: pd.DataFrame, spacing: int, report: IngestReport) -> pd.DataFrame:
@@ -136,15 +168,22 @@ def _history_events(rows: pd.DataFrame, spacing: int, report: IngestReport) -> p
     first = ordered.drop_duplicates("user_id")
     disagree = ordered.groupby("user_id")["history"].nunique()
     if (disagree > 1).any():
-        report.notes.append(f"mind: {(disagree > 1).sum()} users have different histories in different rows; "
-                            "the earliest row's history is used")
+        report.notes.append(
+            f"mind: {(disagree > 1).sum()} users have different histories in different rows; "
+            "the earliest row's history is used"
+        )
     items = first[["user_id", "seconds", ROW]].assign(news_id=first["history"].str.split()).explode("news_id")
     items = items[items["news_id"].notna()]
     position = items.groupby("user_id", sort=False).cumcount().to_numpy()
     size = items.groupby("user_id", sort=False)["news_id"].transform("size").to_numpy()
-    return pd.DataFrame({"user_id": items["user_id"].to_numpy(),
-                         "timestamp": items["seconds"].to_numpy() - (size - position) * spacing,
-                         "news_id": items["news_id"].to_numpy(), ROW: items[ROW].to_numpy()})
+    return pd.DataFrame(
+        {
+            "user_id": items["user_id"].to_numpy(),
+            "timestamp": items["seconds"].to_numpy() - (size - position) * spacing,
+            "news_id": items["news_id"].to_numpy(),
+            ROW: items[ROW].to_numpy(),
+        }
+    )
 
 
 def _ad_texts(news: pd.DataFrame, impressions: pd.DataFrame) -> list[str]:
@@ -178,9 +217,11 @@ def _ctr(dataset, impressions, news, extra_ids, report, validation, test):
     keep &= ~empty
     report.impressions_kept = int(keep.sum())
     columns = {
-        "user_index": users[keep], "history_end": ends[keep],
+        "user_index": users[keep],
+        "history_end": ends[keep],
         "ad_title_id": np.array([extra_ids[t] for t in titles[keep]], np.int64),
         "ad_description_id": np.array([extra_ids[a] if a else -1 for a in abstracts[keep]], np.int64),
-        "label": impressions["label"].to_numpy()[keep], "timestamp": impressions["seconds"].to_numpy()[keep],
+        "label": impressions["label"].to_numpy()[keep],
+        "timestamp": impressions["seconds"].to_numpy()[keep],
     }
     return ctr_dataset_dict(columns, split_by_time(columns["timestamp"], None, validation, test))

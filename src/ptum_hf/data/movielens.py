@@ -30,12 +30,28 @@ from .labels import LabelTable
 from .readers import ROW, Source, find_bad_bytes
 from .report import IngestReport
 
-
 AGE_CLASSES = ["<20", "20-39", "40-59", "60+"]
 GENDER_CLASSES = ["M", "F"]
 GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 DEFAULT_PATHS = ("../shared/data/ml-100k", "data/ml-100k", "ml-100k")
 TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
@@ -47,7 +63,7 @@ def find_movielens(path: str | os.PathLike | None = None) -> str:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"no MovieLens directory at {os.fspath(path)!r}")
         return os.fspath(path)
-    tried = ([os.path.join(os.environ["PTUM_HF_DATA"], "ml-100k")] if "PTUM_HF_DATA" in os.environ else [])
+    tried = [os.path.join(os.environ["PTUM_HF_DATA"], "ml-100k")] if "PTUM_HF_DATA" in os.environ else []
     for candidate in tried + list(DEFAULT_PATHS):
         if os.path.isdir(candidate):
             return candidate
@@ -74,25 +90,35 @@ def load_movielens(
     else:
         ratings, items, users = _read_recbole(directory, encoding or "utf-8")
     sources = [ratings.attrs["source"]]
-    report = IngestReport(files=[s.path for s in (ratings.attrs["source"], items.attrs["source"],
-                                                  users.attrs["source"])])
+    report = IngestReport(
+        files=[s.path for s in (ratings.attrs["source"], items.attrs["source"], users.attrs["source"])]
+    )
     report.rows_read = len(ratings)
 
     known = ratings["item_id"].isin(items.index)
     if not known.all():
         row = int(ratings.loc[~known, ROW].iloc[0])
-        raise sources[0].error(f"item {ratings.loc[~known, 'item_id'].iloc[0]!r} is not in the item file", row=row,
-                               column="item_id")
-    frame = pd.DataFrame({
-        "user_id": ratings["user_id"], "timestamp": ratings["timestamp"],
-        "text": items.loc[ratings["item_id"], "text"].to_numpy(), "rating": ratings["rating"],
-        ROW: ratings[ROW], SOURCE: 0,
-    })
+        raise sources[0].error(
+            f"item {ratings.loc[~known, 'item_id'].iloc[0]!r} is not in the item file", row=row, column="item_id"
+        )
+    frame = pd.DataFrame(
+        {
+            "user_id": ratings["user_id"],
+            "timestamp": ratings["timestamp"],
+            "text": items.loc[ratings["item_id"], "text"].to_numpy(),
+            "rating": ratings["rating"],
+            ROW: ratings[ROW],
+            SOURCE: 0,
+        }
+    )
     frame = frame.iloc[np.argsort(_numeric_order(frame["user_id"]), kind="stable")]  # users in numeric order
     events = clean_events(frame, sources, report)
     labels = _labels(users)
-    classes = {"age": AGE_CLASSES, "gender": GENDER_CLASSES,
-               "occupation": sorted(set(users["occupation"].str.strip()) - {""})}
+    classes = {
+        "age": AGE_CLASSES,
+        "gender": GENDER_CLASSES,
+        "occupation": sorted(set(users["occupation"].str.strip()) - {""}),
+    }
     dataset, sequences, _ = group_and_build(events, report, labels=labels, label_classes=classes)
     dataset.ctr = _ctr(dataset, sequences, events, report, min_history, validation, test)
     report.check()
@@ -124,8 +150,11 @@ def _read_table(path: str, sep: str, names: list[str], encoding: str, header_lin
     wrong = counts != len(names)
     if wrong.any():
         number = int(np.argmax(wrong))
-        raise BehaviorLogError(f"expected {len(names)} fields separated by {sep!r}, found {counts[number]}",
-                               path=path, line=number + 1 + header_lines)
+        raise BehaviorLogError(
+            f"expected {len(names)} fields separated by {sep!r}, found {counts[number]}",
+            path=path,
+            line=number + 1 + header_lines,
+        )
     frame = pd.DataFrame([line.split(sep) for line in lines], columns=names, dtype=str)
     frame[ROW] = np.arange(len(frame))
     frame.attrs["source"] = source
@@ -137,11 +166,13 @@ def _read_grouplens(directory: str, encoding: str):
     ratings = _read_table(join("u.data"), "\t", ["user_id", "item_id", "rating", "timestamp"], encoding)
     genres = GENRES
     if os.path.exists(join("u.genre")):
-        listed = pd.read_csv(join("u.genre"), sep="|", header=None, dtype=str, encoding=encoding,
-                             keep_default_na=False).dropna(how="all")
+        listed = pd.read_csv(
+            join("u.genre"), sep="|", header=None, dtype=str, encoding=encoding, keep_default_na=False
+        ).dropna(how="all")
         genres = [g for g in listed[0].tolist() if g]
-    item_columns = ["item_id", "title", "release_date", "video_release_date", "url"] + [f"g{i}" for i in
-                                                                                     range(len(genres))]
+    item_columns = ["item_id", "title", "release_date", "video_release_date", "url"] + [
+        f"g{i}" for i in range(len(genres))
+    ]
     items = _read_table(join("u.item"), "|", item_columns, encoding)
     users = _read_table(join("u.user"), "|", ["user_id", "age", "gender", "occupation", "zip_code"], encoding)
     flags = items[[f"g{i}" for i in range(len(genres))]].to_numpy() == "1"
@@ -172,8 +203,11 @@ def _read_recbole(directory: str, encoding: str):
     items = atomic(".item", ["item_id", "movie_title", "release_year", "class"])
     users = atomic(".user", ["user_id", "age", "gender", "occupation"])
     genre_text = [", ".join(g.split()) for g in items["class"]]
-    return ratings, _items(items, items["movie_title"].str.strip().tolist(), items["release_year"].tolist(),
-                           genre_text), users
+    return (
+        ratings,
+        _items(items, items["movie_title"].str.strip().tolist(), items["release_year"].tolist(), genre_text),
+        users,
+    )
 
 
 def _items(items: pd.DataFrame, titles, years, genres) -> pd.DataFrame:
@@ -187,8 +221,9 @@ def _items(items: pd.DataFrame, titles, years, genres) -> pd.DataFrame:
     table.attrs["source"] = items.attrs["source"]
     repeated = table.index.duplicated()
     if repeated.any():
-        raise items.attrs["source"].error(f"item {table.index[repeated][0]!r} is listed twice",
-                                          row=int(table[ROW][repeated][0]), column="item_id")
+        raise items.attrs["source"].error(
+            f"item {table.index[repeated][0]!r} is listed twice", row=int(table[ROW][repeated][0]), column="item_id"
+        )
     return table
 
 
@@ -200,13 +235,22 @@ def _labels(users: pd.DataFrame) -> LabelTable:
         row = int(users[ROW][bad].iloc[0])
         raise source.error(f"age {users['age'][bad].iloc[0]!r} is not a number of years", row=row, column="age")
     buckets = np.array(AGE_CLASSES, dtype=object)[np.digitize(age.to_numpy(), [20, 40, 60])]
-    raw = pd.DataFrame({"age": buckets, "gender": users["gender"].str.strip(),
-                        "occupation": users["occupation"].str.strip(), ROW: users[ROW].to_numpy()})
+    raw = pd.DataFrame(
+        {
+            "age": buckets,
+            "gender": users["gender"].str.strip(),
+            "occupation": users["occupation"].str.strip(),
+            ROW: users[ROW].to_numpy(),
+        }
+    )
     user_ids = users["user_id"].str.strip()
     repeated = user_ids.duplicated()
     if repeated.any():
-        raise source.error(f"user {user_ids[repeated].iloc[0]!r} is listed twice",
-                           row=int(users[ROW][repeated].iloc[0]), column="user_id")
+        raise source.error(
+            f"user {user_ids[repeated].iloc[0]!r} is listed twice",
+            row=int(users[ROW][repeated].iloc[0]),
+            column="user_id",
+        )
     return LabelTable(source, user_ids.tolist(), raw)
 
 
@@ -223,8 +267,11 @@ def _ctr(dataset, sequences, events, report, min_history, validation, test):
     report.impressions_kept = int(keep.sum())
     behavior_ids = np.asarray(dataset.sequences().behavior_ids)
     columns = {
-        "user_index": owner[keep], "history_end": position[keep], "ad_title_id": behavior_ids[keep],
-        "ad_description_id": np.full(int(keep.sum()), -1), "label": (ratings[keep] >= 4).astype(np.int64),
+        "user_index": owner[keep],
+        "history_end": position[keep],
+        "ad_title_id": behavior_ids[keep],
+        "ad_description_id": np.full(int(keep.sum()), -1),
+        "label": (ratings[keep] >= 4).astype(np.int64),
         "timestamp": sequences.timestamps[keep],
     }
     return ctr_dataset_dict(columns, split_by_time(columns["timestamp"], columns["user_index"], validation, test))

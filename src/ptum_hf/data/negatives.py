@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 WEIGHTINGS = ("occurrence", "uniform")
 
 
@@ -37,7 +36,7 @@ class NegativeSampler:
             raise ValueError("the negative pool must be a non-empty 1-D array of behavior ids")
 
     @classmethod
-    def from_dataset(cls, dataset, weighting: str = "occurrence") -> "NegativeSampler":
+    def from_dataset(cls, dataset, weighting: str = "occurrence") -> NegativeSampler:
         """From a `BehaviorDataset`, a `UserSequences`, or a users `datasets.Dataset`."""
         from .dataset import BehaviorDataset, UserSequences
 
@@ -71,8 +70,18 @@ class NegativeSampler:
         `owners[r]` is the batch row of positive r's user and `own_keys` the sorted `row * key_base + behavior_id`
         keys of each user's own behaviors (for the soft rule); leave them None to skip it.
         """
-        return sample_negatives(self.pool, positives, num, rng, owners, own_keys, key_base, self.soft_rounds,
-                                self.hard_rounds, lambda: self.distinct)
+        return sample_negatives(
+            self.pool,
+            positives,
+            num,
+            rng,
+            owners,
+            own_keys,
+            key_base,
+            self.soft_rounds,
+            self.hard_rounds,
+            lambda: self.distinct,
+        )
 
 
 def unique_sorted(values: np.ndarray) -> np.ndarray:
@@ -87,8 +96,9 @@ def is_member(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return sorted_keys[at] == values
 
 
-def sample_negatives(pool, positives, num, rng, owners=None, own_keys=None, key_base=0, soft_rounds=8,
-                     hard_rounds=8, distinct=None):
+def sample_negatives(
+    pool, positives, num, rng, owners=None, own_keys=None, key_base=0, soft_rounds=8, hard_rounds=8, distinct=None
+):
     """The sampler's rules on any pool (used directly for in-batch sampling). See `NegativeSampler`."""
     positives = np.asarray(positives, np.int64)
     negatives = pool[rng.integers(0, len(pool), (len(positives), num))].astype(np.int64)

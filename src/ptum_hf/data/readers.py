@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 
 from .errors import BehaviorLogError
 
-
 FORMATS = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -132,9 +131,11 @@ def find_bad_bytes(source: Source, sep: str | None = None, header: list[str] | N
                     field = raw[: err.start].count(sep.encode())
                     column = header[field] if field < len(header) else None
                 return BehaviorLogError(
-                    f"bytes {raw[err.start:err.end]!r} at byte {err.start + 1} of the line are not valid "
+                    f"bytes {raw[err.start : err.end]!r} at byte {err.start + 1} of the line are not valid "
                     f"{source.encoding}; pass encoding='latin-1' (or the file's real encoding) to read it",
-                    path=source.path, line=number, column=column,
+                    path=source.path,
+                    line=number,
+                    column=column,
                 )
     return BehaviorLogError(f"the file is not valid {source.encoding}", path=source.path)
 
@@ -149,8 +150,9 @@ def check_columns(source: Source, found: Sequence[str], required: Sequence[str],
         close = difflib.get_close_matches(name, [str(f) for f in found], n=1, cutoff=0.5)
         if close:
             hints.append(f"column_map={{{close[0]!r}: {name!r}}}")
-    hint = (f"; did you mean {' / '.join(hints)}?" if hints
-            else "; rename them with column_map={'<file column>': '<name>'}")
+    hint = (
+        f"; did you mean {' / '.join(hints)}?" if hints else "; rename them with column_map={'<file column>': '<name>'}"
+    )
     raise BehaviorLogError(
         f"missing column(s) {', '.join(map(repr, missing))}; the file has {', '.join(map(repr, map(str, found)))}"
         f" (column_map={column_map!r}){hint}",
@@ -205,8 +207,15 @@ def _iter_csv(source, columns, required, column_map, chunk_size):
     wanted = {orig: name for orig, name in renamed.items() if _keep(name, columns)}
     try:
         reader = pd.read_csv(
-            source.path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, encoding=source.encoding,
-            chunksize=chunk_size or 1_000_000, engine="c", on_bad_lines="error",
+            source.path,
+            sep=sep,
+            quoting=quoting,
+            dtype=str,
+            keep_default_na=False,
+            encoding=source.encoding,
+            chunksize=chunk_size or 1_000_000,
+            engine="c",
+            on_bad_lines="error",
         )  # no usecols: with it pandas silently ignores extra fields, e.g. of an unquoted comma
         start = 0
         with reader:
@@ -264,11 +273,13 @@ def _iter_jsonl(source, columns, required, column_map, chunk_size):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise BehaviorLogError(f"invalid JSON: {err.msg} (character {err.colno})", path=source.path,
-                                       line=number + 1) from None
+                raise BehaviorLogError(
+                    f"invalid JSON: {err.msg} (character {err.colno})", path=source.path, line=number + 1
+                ) from None
             if not isinstance(record, dict):
-                raise BehaviorLogError(f"expected a JSON object, got {type(record).__name__}", path=source.path,
-                                       line=number + 1)
+                raise BehaviorLogError(
+                    f"expected a JSON object, got {type(record).__name__}", path=source.path, line=number + 1
+                )
             seen_keys.update(record)
             records.append([record.get(orig) for orig in wanted])
             rows.append(number)
@@ -320,8 +331,9 @@ def _iter_parquet(source, columns, required, column_map, chunk_size):
             start += len(frame)
             yield frame
     except pa.ArrowInvalid as err:
-        raise BehaviorLogError(f"cannot read Parquet (invalid UTF-8 or corrupt data?): {err}",
-                               path=source.path) from None
+        raise BehaviorLogError(
+            f"cannot read Parquet (invalid UTF-8 or corrupt data?): {err}", path=source.path
+        ) from None
     if start == 0:
         yield pd.DataFrame({**{name: pd.Series([], dtype=object) for name in wanted.values()}, ROW: []})
 

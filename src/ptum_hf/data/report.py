@@ -60,10 +60,20 @@ class IngestReport:
     def drop_impressions(self, reason: str, count: int) -> None:
         _add(self.dropped_impressions, reason, count)
 
-    def merge(self, other: "IngestReport") -> None:
+    def merge(self, other: IngestReport) -> None:
         """Add another report's counts to this one (used by streaming, one report per file)."""
-        for name in ("rows_read", "events_read", "events_kept", "users_read", "users_kept", "texts_truncated",
-                     "users_reordered", "tied_timestamps", "impressions_read", "impressions_kept"):
+        for name in (
+            "rows_read",
+            "events_read",
+            "events_kept",
+            "users_read",
+            "users_kept",
+            "texts_truncated",
+            "users_reordered",
+            "tied_timestamps",
+            "impressions_read",
+            "impressions_kept",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("dropped_events", "dropped_users", "missing_labels", "invalid_labels", "dropped_impressions"):
             setattr(self, name, dict(Counter(getattr(self, name)) + Counter(getattr(other, name))))

@@ -6,7 +6,6 @@ from .mind import load_mind
 from .movielens import load_movielens
 from .synthetic import load_synthetic
 
-
 SOURCES = {
     "synthetic": load_synthetic,
     "movielens-100k": load_movielens,
@@ -37,3 +36,16 @@ def load_behavior_dataset(name: str = "synthetic", **kwargs):
     if key not in SOURCES:
         raise ValueError(f"unknown behavior dataset {name!r}; available: {', '.join(SOURCES)}")
     return SOURCES[key](**kwargs)
+
+
+def load_behavior_data(dataset: str, data_dir=None, num_users: int = 2000, synthetic_seed: int = 0):
+    """What the CLI's `--dataset` names: a built-in source (`data_dir` for its files, `num_users` and
+    `synthetic_seed` for the synthetic one), or else a behavior log path or glob read with `read_behavior_log`."""
+    from .ingest import read_behavior_log
+
+    key = ALIASES.get(dataset.lower(), dataset.lower())
+    if key == "synthetic":
+        return load_behavior_dataset("synthetic", num_users=num_users, seed=synthetic_seed)
+    if key in SOURCES:
+        return load_behavior_dataset(key, **({"path": data_dir} if data_dir else {}))
+    return read_behavior_log(dataset)

@@ -23,13 +23,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .events import EVENT_COLUMNS, SOURCE, normalise_ids, clean_events, explode_user_rows, group_events
-from .ingest import Paths, PathLike, _check_column_map
+from .events import EVENT_COLUMNS, SOURCE, clean_events, explode_user_rows, group_events, normalise_ids
+from .ingest import PathLike, Paths, _check_column_map
 from .iterable import iterable_from_tables, list_array
 from .labels import encode_labels, read_labels
 from .readers import ROW, Source, detect_format, iter_chunks, resolve_paths
 from .report import IngestReport
-
 
 logger = logging.getLogger("ptum_hf.data")
 
@@ -64,18 +63,27 @@ def stream_behavior_log(
     }
     label_values = None
     if labels is not None:
-        table = read_labels(labels, {k: v for k, v in (column_map or {}).items() if v == "user_id"}, label_columns,
-                            encoding)
+        table = read_labels(
+            labels, {k: v for k, v in (column_map or {}).items() if v == "user_id"}, label_columns, encoding
+        )
         encoded, classes = encode_labels(table, table.user_ids, IngestReport(), label_classes, invalid_labels)
         label_values = {"names": list(encoded), "by_user": dict(zip(table.user_ids, zip(*encoded.values())))}
         features.update({name: datasets.Value("int64") for name in encoded})
-    options = dict(column_map=column_map, encoding=encoding, min_behaviors=min_behaviors,
-                   max_text_chars=max_text_chars, timestamp_unit=timestamp_unit, timestamp_format=timestamp_format,
-                   chunk_size=chunk_size, labels=label_values)
+    options = dict(
+        column_map=column_map,
+        encoding=encoding,
+        min_behaviors=min_behaviors,
+        max_text_chars=max_text_chars,
+        timestamp_unit=timestamp_unit,
+        timestamp_format=timestamp_format,
+        chunk_size=chunk_size,
+        labels=label_values,
+    )
     features = datasets.Features(features)
     return iterable_from_tables(
-        _generate, {"files": [list(pair) for pair in zip(files, formats)], "options": options,
-                    "features": features}, features,
+        _generate,
+        {"files": [list(pair) for pair in zip(files, formats)], "options": options, "features": features},
+        features,
     )
 
 
@@ -106,8 +114,14 @@ def iter_file_users(
         chunk = explode_user_rows(chunk, source).assign(**{SOURCE: 0})
         users = normalise_ids(chunk["user_id"])
         _check_grouped(source, chunk, users, seen, last)
-        events = clean_events(chunk, [source], report, max_text_chars=max_text_chars, timestamp_unit=timestamp_unit,
-                              timestamp_format=timestamp_format)
+        events = clean_events(
+            chunk,
+            [source],
+            report,
+            max_text_chars=max_text_chars,
+            timestamp_unit=timestamp_unit,
+            timestamp_format=timestamp_format,
+        )
         if pending is not None:
             events = pd.concat([pending, events], ignore_index=True)
         last = _last_user(users) or last
@@ -138,7 +152,10 @@ def _check_grouped(source: Source, chunk: pd.DataFrame, users: pd.Series, seen: 
             row = int(chunk[ROW].iloc[present.index[position]])  # normalise_ids numbers rows from 0
             raise source.error(
                 f"user {user!r} appears again after other users; streaming needs each user's events together "
-                "(sort the file by user_id, or use read_behavior_log)", row=row, column="user_id")
+                "(sort the file by user_id, or use read_behavior_log)",
+                row=row,
+                column="user_id",
+            )
         seen.add(user)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-
 MISSING_TOKENS = frozenset({"", "nan", "NaN", "NAN", "NaT", "nat", "null", "NULL", "None", "none", "NA", "N/A"})
 UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 

@@ -12,7 +12,6 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 MASK_TOKEN = "[MASK]"
@@ -70,6 +69,18 @@ def train_behavior_tokenizer(
     )
 
 
+def load_tokenizer(name_or_path: str | None, data=None, vocab_size: int = 8000) -> PreTrainedTokenizerBase:
+    """The tokenizer saved at `name_or_path` (a checkpoint or tokenizer folder, or a Hub id), or, without one, a
+    WordPiece tokenizer trained on `data.behaviors`."""
+    if name_or_path:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name_or_path)
+    if data is None:
+        raise ValueError("give a tokenizer name_or_path, or data whose behavior texts to train one on")
+    return train_behavior_tokenizer(data.behaviors, vocab_size=vocab_size)
+
+
 def _continuing_pieces(texts: Sequence[str], normalizer, pre_tokenizer) -> list[str]:
     """`##c` for every character `c` found after the first character of a word (normalized, pre-tokenized), sorted.
 
@@ -122,13 +133,13 @@ class BehaviorTokenCache:
         max_tokens: int = 30,
         add_special_tokens: bool = True,
         batch_size: int = 8192,
-    ) -> "BehaviorTokenCache":
+    ) -> BehaviorTokenCache:
         """Tokenize `texts` in batches. `add_special_tokens` keeps e.g. BERT's `[CLS] ... [SEP]` for a pretrained
         encoder (a tokenizer from `train_behavior_tokenizer` adds none)."""
         pad_id = pad_token_id_of(tokenizer)
         pieces, lengths = [], []
         for start in range(0, len(texts), batch_size):
-            ids = tokenize(tokenizer, texts[start:start + batch_size], max_tokens, add_special_tokens)
+            ids = tokenize(tokenizer, texts[start : start + batch_size], max_tokens, add_special_tokens)
             lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
             pieces.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths[-1].sum())))
         lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
@@ -149,21 +160,23 @@ class BehaviorTokenCache:
         behavior_ids = np.asarray(behavior_ids, np.int64)
         if len(behavior_ids) and (behavior_ids.min() < 0 or behavior_ids.max() >= len(self)):
             bad = behavior_ids[(behavior_ids < 0) | (behavior_ids >= len(self))][0]
-            raise IndexError(f"behavior id {bad} is outside the token cache (size {len(self)}); was the cache built "
-                             "from this dataset's `behaviors`?")
+            raise IndexError(
+                f"behavior id {bad} is outside the token cache (size {len(self)}); was the cache built "
+                "from this dataset's `behaviors`?"
+            )
         return gather_ragged(self.token_ids, self.offsets, behavior_ids, self.pad_token_id)
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as one `.npz` file."""
-        np.savez(path, token_ids=self.token_ids, offsets=self.offsets,
-                 meta=np.array([self.pad_token_id, self.max_tokens]))
+        np.savez(
+            path, token_ids=self.token_ids, offsets=self.offsets, meta=np.array([self.pad_token_id, self.max_tokens])
+        )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "BehaviorTokenCache":
+    def load(cls, path: str | os.PathLike) -> BehaviorTokenCache:
         with np.load(path) as data:
             pad_id, max_tokens = data["meta"].tolist()
-            return cls(token_ids=data["token_ids"], offsets=data["offsets"], pad_token_id=pad_id,
-                       max_tokens=max_tokens)
+            return cls(token_ids=data["token_ids"], offsets=data["offsets"], pad_token_id=pad_id, max_tokens=max_tokens)
 
 
 def gather_ragged(token_ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int):
@@ -188,8 +201,14 @@ def tokenize(
         encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)  # _fast skips offsets (tokenizers>=0.21)
         ids = [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
     else:
-        ids = tokenizer(texts, add_special_tokens=add_special_tokens, truncation=True, max_length=max_tokens,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = tokenizer(
+            texts,
+            add_special_tokens=add_special_tokens,
+            truncation=True,
+            max_length=max_tokens,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else pad_token_id_of(tokenizer)
     return [row if row else [unk] for row in ids]
 

@@ -13,7 +13,6 @@ from .compute import (
     make_demographics_compute_metrics,
 )
 
-
 METRICS_DIR = Path(__file__).resolve().parent
 METRIC_NAMES = ("accuracy", "f1", "roc_auc", "average_precision")
 

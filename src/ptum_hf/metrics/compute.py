@@ -2,8 +2,7 @@
 
 import numpy as np
 
-
-IGNORE_INDEX = -100
+from ..modeling_ptum import IGNORE_INDEX
 
 
 def make_demographics_compute_metrics(label_heads: dict[str, int]):

@@ -7,7 +7,6 @@ import datasets
 import evaluate
 from sklearn.metrics import accuracy_score
 
-
 _DESCRIPTION = """
 Accuracy is the number of correct predictions divided by the number of examples. It ranges from 0 to 1; higher is
 better. It says little on imbalanced labels (predicting the majority class scores well); report macro-F1 next to it.
@@ -38,9 +37,7 @@ class Accuracy(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
             reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.accuracy_score.html"],
         )
 

@@ -7,7 +7,6 @@ import datasets
 import evaluate
 from sklearn.metrics import average_precision_score
 
-
 _DESCRIPTION = """
 Average precision (AP) sums, over the thresholds given by the scores, the precision reached times the gain in
 recall: AP = sum_n (R_n - R_{n-1}) * P_n. It summarises the precision-recall curve and, unlike ROC AUC, depends on

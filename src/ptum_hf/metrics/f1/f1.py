@@ -7,7 +7,6 @@ import datasets
 import evaluate
 from sklearn.metrics import f1_score
 
-
 _DESCRIPTION = """
 F1 = 2 * precision * recall / (precision + recall), computed per class. With `average="macro"` (the default here,
 as in the PTUM paper's demographic tasks) the per-class scores are averaged with equal weight, so rare classes count
@@ -42,9 +41,7 @@ class F1(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
             reference_urls=["https://scikit-learn.org/stable/modules/generated/sklearn.metrics.f1_score.html"],
         )
 

@@ -7,7 +7,6 @@ import datasets
 import evaluate
 from sklearn.metrics import roc_auc_score
 
-
 _DESCRIPTION = """
 The area under the receiver operating characteristic curve (true-positive rate against false-positive rate as the
 decision threshold moves). 0.5 is chance, 1.0 a perfect ranking. Only the order of the scores matters, so logits,

@@ -1,0 +1,225 @@
+"""What the user models are measured against, on exactly their splits: scikit-learn baselines (majority class, LR on
+TF-IDF bags for demographics; item mean click rate, LR on one-hots, the untrained history-ad cosine for CTR) and the
+linear probe on frozen user vectors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..data.splits import ctr_splits, demographics_splits
+from .jobs import Context
+
+DEMOGRAPHIC_HEADS = ("age", "gender")
+
+
+def demographic_baselines(
+    ctx: Context, dataset: str, ratio: float, repeat: int, label_fraction=None, recent: int | None = None
+) -> dict:
+    """Majority class and LR on TF-IDF bag-of-items, on the user models' split (`demographics_splits`).
+
+    With `recent`, also LR on the bag of each user's last `recent` items only (`lr_tfidf_last{recent}`): what the user
+    models see, since they keep only the most recent `max_behaviors`."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    name = ctx.data_name(dataset)
+    data = ctx.data(name) if label_fraction is None else ctx.data(name, ctx.settings.scale_users)
+    train, validation, test = demographics_splits(data, DEMOGRAPHIC_HEADS, label_fraction or ratio, repeat)
+
+    def bag(keep=None):  # each user's items (only the last `keep` of them) as one document
+        return lambda part: [" ".join(f"i{b}" for b in (ids[-keep:] if keep else ids)) for ids in part["behavior_ids"]]
+
+    def fit_transform(vectorizer, docs):  # fitted on the training users only
+        return [
+            vectorizer.fit_transform(docs(train)),
+            vectorizer.transform(docs(validation)),
+            vectorizer.transform(docs(test)),
+        ]
+
+    items = dict(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
+    features = {"lr_tfidf": fit_transform(TfidfVectorizer(**items), bag())}
+    if recent is not None:
+        features[f"lr_tfidf_last{recent}"] = fit_transform(TfidfVectorizer(**items), bag(recent))
+    # The same model on the words of the behavior texts (what the user models read) instead of item identities.
+    texts = lambda part: [" ".join(data.behaviors[b] for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
+    features["lr_tfidf_words"] = fit_transform(TfidfVectorizer(sublinear_tf=True, min_df=2), texts)
+    out = {"majority": {}, **{variant: {} for variant in features}}
+    for head in DEMOGRAPHIC_HEADS:
+        y_train, y_val, y_test = (np.asarray(p[head], dtype=float) for p in (train, validation, test))
+        keep_train, keep_val, keep_test = (~np.isnan(y) for y in (y_train, y_val, y_test))
+        y_train, y_val, y_test = (
+            y[k].astype(int) for y, k in ((y_train, keep_train), (y_val, keep_val), (y_test, keep_test))
+        )
+        majority = np.bincount(y_train).argmax()
+        prediction = np.full(len(y_test), majority)
+        out["majority"][f"{head}_accuracy"] = accuracy_score(y_test, prediction)
+        out["majority"][f"{head}_macro_f1"] = f1_score(y_test, prediction, average="macro")
+        if head == "gender":
+            out["majority"]["gender_auc"] = 0.5
+        for variant, (x_train, x_val, x_test) in features.items():
+            best = None
+            if len(np.unique(y_train)) < 2:  # a tiny --quick split
+                out[variant].update({k: v for k, v in out["majority"].items() if k.startswith(head)})
+                continue
+            for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0):  # C chosen on the validation users by macro-F1
+                model = LogisticRegression(C=c, max_iter=2000, class_weight=None)
+                model.fit(x_train[keep_train], y_train)
+                score = f1_score(y_val, model.predict(x_val[keep_val]), average="macro")
+                if best is None or score > best[0]:
+                    best = (score, c, model)
+            model = best[2]
+            prediction = model.predict(x_test[keep_test])
+            out[variant][f"{head}_accuracy"] = accuracy_score(y_test, prediction)
+            out[variant][f"{head}_macro_f1"] = f1_score(y_test, prediction, average="macro")
+            out[variant][f"{head}_C"] = best[1]
+            if head == "gender":
+                scores = model.predict_proba(x_test[keep_test])[:, 1]
+                out[variant]["gender_auc"] = roc_auc_score(y_test, scores) if len(np.unique(y_test)) > 1 else math.nan
+    for metrics in out.values():
+        metrics["accuracy"] = float(np.mean([metrics["age_accuracy"], metrics["gender_accuracy"]]))
+        metrics["macro_f1"] = float(np.mean([metrics["age_macro_f1"], metrics["gender_macro_f1"]]))
+    return {v: {k: float(x) for k, x in m.items()} for v, m in out.items()}
+
+
+def cosine_scores(data, part, max_behaviors: int) -> np.ndarray:
+    """Untrained: cosine between the TF-IDF word vector of the user's last `max_behaviors` behaviors before the
+    impression and that of the ad's texts (title, and description where there is one)."""
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    if not hasattr(data, "_reproduce_word_tfidf"):
+        data._reproduce_word_tfidf = TfidfVectorizer(sublinear_tf=True).fit_transform(data.behaviors)
+    words = data._reproduce_word_tfidf
+    seq = data.sequences()
+    users, ends = np.asarray(part["user_index"]), np.asarray(part["history_end"])
+    rows, cols = [], []
+    for row, (user, end) in enumerate(zip(users.tolist(), ends.tolist())):
+        start = seq.offsets[user] + max(0, end - max_behaviors)
+        ids = seq.behavior_ids[start : seq.offsets[user] + end]
+        rows.extend([row] * len(ids))
+        cols.extend(ids.tolist())
+    history = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(users), words.shape[0])) @ words
+    ads = words[np.asarray(part["ad_title_id"])]
+    descriptions = np.asarray(part["ad_description_id"])
+    if (descriptions >= 0).any():
+        extra = words[np.where(descriptions >= 0, descriptions, 0)].multiply((descriptions >= 0)[:, None])
+        ads = ads + sp.csr_matrix(extra)
+    return np.asarray(normalize(history).multiply(normalize(ads)).sum(axis=1)).ravel()
+
+
+def ctr_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, only=None) -> dict:
+    """Item mean click rate (smoothed), LR on user + item one-hots, and the untrained history-ad TF-IDF cosine over
+    the history the user models see, on the user models' CTR split."""
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    name = ctx.data_name(dataset)
+    data = ctx.data(name)
+    history = ctx.settings.history_length
+    train, validation, test = ctr_splits(data, ratio, repeat)
+    columns = lambda part: (
+        np.asarray(part["user_index"]),
+        np.asarray(part["ad_title_id"]),  # noqa: E731
+        np.asarray(part["label"]),
+    )
+    (u_tr, i_tr, y_tr), (u_va, i_va, y_va), (u_te, i_te, y_te) = map(columns, (train, validation, test))
+    prior, strength = y_tr.mean(), 5.0
+    clicks, shows = {}, {}
+    for item, label in zip(i_tr.tolist(), y_tr.tolist()):
+        clicks[item] = clicks.get(item, 0) + label
+        shows[item] = shows.get(item, 0) + 1
+    item_mean = lambda items: np.array(
+        [
+            (clicks.get(i, 0) + strength * prior) / (shows.get(i, 0) + strength)  # noqa
+            for i in items.tolist()
+        ]
+    )
+    n_users, n_items = len(data.users), len(data.behaviors)
+
+    def features(users, items):
+        rows = np.arange(len(users))
+        user_part = sp.csr_matrix((np.ones(len(users)), (rows, users)), shape=(len(users), n_users))
+        item_part = sp.csr_matrix((np.ones(len(items)), (rows, items)), shape=(len(items), n_items))
+        return sp.hstack([user_part, item_part]).tocsr()
+
+    def scores(y, p):
+        ok = len(np.unique(y)) > 1
+        return {
+            "auc": roc_auc_score(y, p) if ok else math.nan,
+            "ap": average_precision_score(y, p) if y.any() else math.nan,
+        }
+
+    if only == ("cosine_tfidf",):
+        return {"cosine_tfidf": {k: float(x) for k, x in scores(y_te, cosine_scores(data, test, history)).items()}}
+    out = {"item_mean": scores(y_te, item_mean(i_te)), "cosine_tfidf": scores(y_te, cosine_scores(data, test, history))}
+    best = None
+    x_tr, x_va, x_te = features(u_tr, i_tr), features(u_va, i_va), features(u_te, i_te)
+    if len(np.unique(y_tr)) > 1:
+        for c in (0.03, 0.1, 0.3, 1.0, 3.0):
+            model = LogisticRegression(C=c, max_iter=2000).fit(x_tr, y_tr)
+            score = scores(y_va, model.decision_function(x_va))["auc"]
+            if best is None or (not math.isnan(score) and score > best[0]):
+                best = (score, c, model)
+        out["lr_user_item"] = {**scores(y_te, best[2].decision_function(x_te)), "C": best[1]}
+    else:
+        out["lr_user_item"] = dict(out["item_mean"])
+    return {v: {k: float(x) for k, x in m.items()} for v, m in out.items()}
+
+
+def user_vectors(model_dir: Path, data, random_init: bool = False) -> np.ndarray:
+    """Every user's vector from a pre-trained PTUM model (or the same architecture, random weights), in the order of
+    `data.users`, with the library's embedding path (each behavior encoded once)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from .. import PTUMConfig, PTUMModel
+    from ..data import BehaviorTokenCache
+    from ..embedding import iter_user_embeddings
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if random_init:
+        torch.manual_seed(0)
+        model = PTUMModel(PTUMConfig.from_pretrained(str(model_dir)))
+    else:
+        model = PTUMModel.from_pretrained(str(model_dir))
+    cache = BehaviorTokenCache.build(data.behaviors, tokenizer, model.config.max_tokens_per_behavior)
+    return np.concatenate([vectors for _, vectors in iter_user_embeddings(model, data, cache)])
+
+
+def probe_scores(vectors: np.ndarray, data, ratio: float, repeat: int) -> dict:
+    """LR (C on the validation users by macro-F1) on fixed user vectors, on the user models' split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    index = {user: row for row, user in enumerate(data.users["user_id"])}
+    parts = demographics_splits(data, DEMOGRAPHIC_HEADS, ratio, repeat)
+    x = [vectors[[index[u] for u in part["user_id"]]] for part in parts]
+    scaler = StandardScaler().fit(x[0])
+    x = [scaler.transform(v) for v in x]
+    out = {}
+    for head in DEMOGRAPHIC_HEADS:
+        y = [np.asarray(part[head], dtype=float) for part in parts]
+        keep = [~np.isnan(v) for v in y]
+        y = [v[k].astype(int) for v, k in zip(y, keep)]
+        xs = [v[k] for v, k in zip(x, keep)]
+        best = None
+        for c in (0.001, 0.01, 0.1, 1.0, 10.0):
+            model = LogisticRegression(C=c, max_iter=3000).fit(xs[0], y[0])
+            score = f1_score(y[1], model.predict(xs[1]), average="macro")
+            if best is None or score > best[0]:
+                best = (score, c, model)
+        prediction = best[2].predict(xs[2])
+        out[f"{head}_accuracy"] = accuracy_score(y[2], prediction)
+        out[f"{head}_macro_f1"] = f1_score(y[2], prediction, average="macro")
+        if head == "gender" and len(np.unique(y[2])) > 1:
+            out["gender_auc"] = roc_auc_score(y[2], best[2].predict_proba(xs[2])[:, 1])
+    out["accuracy"] = float(np.mean([out["age_accuracy"], out["gender_accuracy"]]))
+    out["macro_f1"] = float(np.mean([out["age_macro_f1"], out["gender_macro_f1"]]))
+    return {k: float(v) for k, v in out.items()}

@@ -1,0 +1,374 @@
+"""What decides the numbers: the experiments, user-model variants and model sizes, `Settings`, the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, replace
+
+EXPERIMENTS = ("baselines", "table2", "table3", "ablation", "lambda", "k", "scale", "probe")
+DEMOGRAPHIC_PRESETS = ("han", "hura", "hsa")
+CTR_PRESETS = ("gru4rec", "nativectr", "bert4rec")
+MOVIELENS = "movielens-100k"
+SYNTHETIC = "synthetic"
+
+DEFAULT_USER_LR = 1e-3
+
+# name: (FinetuneArguments overrides, learning rate). A new head needs large steps, the pre-trained user model small
+# ones: PTUM finetune's rate is the head's, and the user model gets its own (`variant_recipe`).
+VARIANTS = {
+    "scratch": ({"from_scratch": True}, 1e-3),
+    "ptum_frozen": ({"freeze_user_model": True}, 1e-2),
+    "ptum_finetune": ({}, 1e-2),
+}
+VARIANT_NAMES = {
+    "scratch": "from scratch",
+    "ptum_frozen": "PTUM no finetune",
+    "ptum_finetune": "PTUM finetune",
+    "majority": "majority class",
+    "lr_tfidf": "LR, TF-IDF bag-of-items",
+    "lr_tfidf_words": "LR, TF-IDF words of the texts",
+    "lr_tfidf_same": "LR, TF-IDF bag of the same recent items",
+    "item_mean": "item mean click rate",
+    "cosine_tfidf": "history-ad TF-IDF cosine (untrained)",
+    "lr_user_item": "LR, user + item one-hot",
+    "probe_ptum": "LR on frozen PTUM user vectors",
+    "probe_random": "LR on random-init user vectors",
+}
+
+
+def variant_recipe(
+    variant: str, learning_rate: float | None = None, user_model_learning_rate: float | None = DEFAULT_USER_LR
+) -> tuple[dict, float]:
+    """A variant's FinetuneArguments overrides and the Trainer's learning rate. PTUM finetune takes `learning_rate`
+    for its head when given, and `user_model_learning_rate` for the user model (None: the head's for all)."""
+    overrides, rate = VARIANTS[variant]
+    overrides = dict(overrides)
+    if variant == "ptum_finetune":
+        rate = learning_rate or rate
+        if user_model_learning_rate:
+            overrides["user_model_learning_rate"] = user_model_learning_rate
+    return overrides, rate
+
+
+# Model sizes (PTUMConfig overrides). The paper's sizes (300-d words, 256-d vectors, 100 behaviors) cost about 4 s
+# per pre-training step of 32 users on one CPU core; "small" is about 5 times cheaper.
+SIZES = {
+    "paper": {},
+    "small": {
+        "word_embedding_dim": 64,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "additive_attention_dim": 32,
+        "intermediate_size": 128,
+        "max_behaviors": 50,
+        "max_tokens_per_behavior": 16,
+    },
+    "tiny": {
+        "word_embedding_dim": 16,
+        "hidden_size": 16,
+        "num_attention_heads": 2,
+        "additive_attention_dim": 8,
+        "intermediate_size": 32,
+        "max_behaviors": 20,
+        "max_tokens_per_behavior": 12,
+    },
+}
+
+
+@dataclass
+class Settings:
+    """Everything that decides the numbers; written next to the tables."""
+
+    data_dir: str | None = None
+    size: str = "small"
+    repeats: int = 5
+    ratios: tuple = (0.2, 0.5, 1.0)
+    demographic_presets: tuple = DEMOGRAPHIC_PRESETS
+    ctr_presets: tuple = CTR_PRESETS
+    ctr_datasets: tuple = (MOVIELENS, SYNTHETIC)
+    synthetic_users: int = 3000
+    pretrain_epochs: int = 10
+    pretrain_max_steps: int = -1
+    pretrain_batch_size: int = 32
+    pretrain_learning_rate: float = 1e-3
+    finetune_epochs: int = 40  # MovieLens: fewer epochs under-train the fine-tunes
+    finetune_batch_size: int = 64
+    # The scale setting: few labeled users, and every epoch is evaluated on a large validation split
+    scale_finetune_epochs: int = 5
+    ctr_max_steps: int = 150
+    ctr_eval_steps: int = 75
+    ctr_eval_samples: int | None = 2000  # validation rows for CTR model selection (the test split stays whole)
+    ctr_repeats: int = 2  # CTR's time split is the same for every repeat: only the labeled subset and seed vary
+    sweep_repeats: int = 3  # lambda and K
+    ablation_ratio: float = 0.2
+    ablation_tasks: tuple = ("demographics", "ctr")
+    lambdas: tuple = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+    ks: tuple = (1, 2, 3, 4, 5)
+    scale_users: int = 51250
+    scale_labeled: tuple = (200, 1000)  # 250:1 and 50:1; the sweeps use the first
+    scale_pretrain_steps: int = 1500
+    tokenizer_vocab_size: int = 8000
+    behavior_tokens: str = "text"
+    max_behaviors: int | None = None  # None: the size's own
+    classifier_layer_norm: bool = True
+    ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
+    variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
+    user_model_learning_rate: float | None = DEFAULT_USER_LR  # PTUM finetune only; None: the head's rate for all
+    learning_rate: float | None = None  # PTUM finetune: the Trainer's (head's) learning rate; None: VARIANTS'
+    sweep_data: str = "scale"  # where ablation, lambda and K run: movielens or the synthetic scale setting
+    tag: str = ""
+    seed: int = 0
+
+    @property
+    def model_overrides(self) -> dict:
+        overrides = dict(SIZES[self.size])
+        if self.behavior_tokens == "item":  # one token per behavior: an item-id embedding model
+            overrides["max_tokens_per_behavior"] = 1
+        if self.max_behaviors is not None:
+            overrides["max_behaviors"] = self.max_behaviors
+        return overrides
+
+    @property
+    def history_length(self) -> int:
+        """How many of a user's most recent behaviors the user models see (the paper: 100)."""
+        from ..configuration_ptum import PTUMConfig
+
+        return self.model_overrides.get("max_behaviors", PTUMConfig().max_behaviors)
+
+    def model_label(self, preset: str) -> str:
+        """The name a user model gets in the tables: the preset, then each departure from the default recipe."""
+        user_lr = self.user_model_learning_rate
+        marks = [
+            (self.size != "small", f"[{self.size}]"),
+            (self.behavior_tokens == "item", "(item ids)"),
+            (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
+            (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
+            (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
+            (bool(self.learning_rate), f"[lr {self.learning_rate:g}]" if self.learning_rate else ""),
+            (user_lr is None, "[one lr]"),
+            (user_lr not in (None, DEFAULT_USER_LR), f"[user lr {user_lr:g}]" if user_lr else ""),
+            (bool(self.tag), f"{{{self.tag}}}"),
+        ]
+        return " ".join([preset] + [mark for wanted, mark in marks if wanted])
+
+
+QUICK = dict(
+    size="tiny",
+    repeats=1,
+    ratios=(0.5,),
+    demographic_presets=("hsa",),
+    ctr_presets=("nativectr",),
+    ctr_datasets=(SYNTHETIC,),
+    synthetic_users=160,
+    pretrain_epochs=1,
+    pretrain_max_steps=4,
+    pretrain_batch_size=16,
+    finetune_epochs=1,
+    scale_finetune_epochs=1,
+    finetune_batch_size=32,
+    ctr_max_steps=4,
+    ctr_eval_steps=2,
+    ablation_ratio=0.5,
+    lambdas=(0.0, 1.0),
+    ks=(1, 2),
+    scale_users=200,
+    scale_labeled=(4,),
+    scale_pretrain_steps=4,
+    tokenizer_vocab_size=400,
+)
+
+
+def parse_args(argv=None):
+    from . import __doc__ as description
+
+    parser = argparse.ArgumentParser(
+        prog="ptum-hf reproduce", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output_dir", default="results", help="Tables, plots, raw records.")
+    parser.add_argument(
+        "--work_dir",
+        default=None,
+        help="Pre-trained models and Trainer folders (default: outputs/reproduce, or a folder under "
+        "output_dir for --quick).",
+    )
+    parser.add_argument("--quick", action="store_true", help="Tiny settings on a small synthetic dataset.")
+    parser.add_argument("--experiments", default=",".join(EXPERIMENTS), help=f"Subset of {','.join(EXPERIMENTS)}.")
+    parser.add_argument("--repeats", type=int, default=None, help="Splits per cell (seed r = 0..repeats-1).")
+    parser.add_argument(
+        "--presets", default=None, help="Restrict the presets (of table2 and table3), e.g. hsa or hsa,bert4rec."
+    )
+    parser.add_argument("--ratios", default=None, help="Label ratios, e.g. 0.2,0.5,1.0.")
+    parser.add_argument("--ctr_datasets", default=None, help=f"{MOVIELENS},{SYNTHETIC} or one of them.")
+    parser.add_argument("--size", choices=tuple(SIZES), default=None, help="Model size (PTUMConfig overrides).")
+    parser.add_argument(
+        "--behavior_tokens",
+        choices=("text", "item"),
+        default=None,
+        help="text: WordPiece tokens of the behavior text (default); item: one token per distinct "
+        "behavior (item identity, no text).",
+    )
+    parser.add_argument(
+        "--max_behaviors",
+        type=int,
+        default=None,
+        help="Most recent behaviors per user the user models see (default: the size's; small: 50).",
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help=f"Restrict the user-model variants, e.g. ptum_finetune (of {','.join(VARIANTS)}).",
+    )
+    parser.add_argument(
+        "--classifier_layer_norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="LayerNorm on the user vector before the demographic classifier (PTUMConfig).",
+    )
+    parser.add_argument(
+        "--ctr_ad_prior",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CTR models add a learned score of the ad alone to the click logit (PTUMConfig.ad_prior).",
+    )
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="PTUM finetune: the Trainer's (the head's) learning rate (default: 1e-2, VARIANTS).",
+    )
+    parser.add_argument(
+        "--sweep_data",
+        choices=("movielens", "scale"),
+        default=None,
+        help="Where the ablation, lambda and K run: the synthetic `scale` setting (default: "
+        "scale_users pre-train, the first scale_labeled labeled; the CTR ablation on the "
+        "synthetic CTR task) or MovieLens.",
+    )
+    parser.add_argument(
+        "--user_model_learning_rate",
+        type=float,
+        default=None,
+        help="PTUM finetune: the user model's own learning rate (default 1e-3; the head keeps the "
+        "variant's); 0: the head's rate for the whole model.",
+    )
+    parser.add_argument("--pretrain_epochs", type=int, default=None)
+    parser.add_argument("--pretrain_max_steps", type=int, default=None)
+    parser.add_argument("--finetune_epochs", type=int, default=None)
+    parser.add_argument(
+        "--scale_finetune_epochs",
+        type=int,
+        default=None,
+        help="Fine-tuning epochs in the synthetic scale setting (and the sweeps run there).",
+    )
+    parser.add_argument("--ctr_max_steps", type=int, default=None)
+    parser.add_argument("--synthetic_users", type=int, default=None)
+    parser.add_argument("--scale_users", type=int, default=None)
+    parser.add_argument(
+        "--scale_labeled",
+        default=None,
+        help="Labeled training users of the scale setting, e.g. 200,1000 (the sweeps use the first).",
+    )
+    parser.add_argument(
+        "--ctr_repeats", type=int, default=None, help="Repeats of the CTR fine-tunes (at most --repeats)."
+    )
+    parser.add_argument("--sweep_repeats", type=int, default=None, help="Repeats of lambda and K (at most --repeats).")
+    parser.add_argument(
+        "--ctr_eval_samples", type=int, default=None, help="Validation impressions for CTR model selection; 0: all."
+    )
+    parser.add_argument("--ablation_tasks", default=None, help="demographics,ctr (HSA and BERT4Rec) or one of them.")
+    parser.add_argument("--ablation_ratio", type=float, default=None, help="Label ratio of ablation, lambda, K.")
+    parser.add_argument(
+        "--tag",
+        default=None,
+        help="Appended to the model name in the tables, e.g. 'long PT', to keep "
+        "a variant of the settings apart from the default runs.",
+    )
+    parser.add_argument("--data_dir", default=None, help="MovieLens-100K folder (default: the loader's search).")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads.")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="Fine-tunes run side by side in this many worker processes, sharing the threads "
+        "(pre-training and baselines stay in the main process). Small models use two 1-thread "
+        "processes better than one 2-thread process. Default: 2 where there are 2 cores, 1 with "
+        "--quick.",
+    )
+    return parser.parse_args(argv)
+
+
+def build_settings(args) -> Settings:
+    settings = Settings(**QUICK) if args.quick else Settings()
+    changes = {}
+    if args.repeats is not None:
+        changes["repeats"] = args.repeats
+    if args.ratios:
+        changes["ratios"] = tuple(float(r) for r in args.ratios.split(","))
+    if args.presets:
+        chosen = [p.strip() for p in args.presets.split(",") if p.strip()]
+        unknown = [p for p in chosen if p not in DEMOGRAPHIC_PRESETS + CTR_PRESETS]
+        if unknown:
+            raise SystemExit(f"unknown preset(s) {unknown}; allowed: {', '.join(DEMOGRAPHIC_PRESETS + CTR_PRESETS)}")
+        changes["demographic_presets"] = tuple(p for p in chosen if p in DEMOGRAPHIC_PRESETS)
+        changes["ctr_presets"] = tuple(p for p in chosen if p in CTR_PRESETS)
+    if args.variants:
+        chosen = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        if not chosen or any(v not in VARIANTS for v in chosen):
+            raise SystemExit(f"variants must be among {', '.join(VARIANTS)}; got {args.variants!r}")
+        changes["variants"] = chosen
+    if args.ablation_tasks:
+        changes["ablation_tasks"] = tuple(t.strip() for t in args.ablation_tasks.split(",") if t.strip())
+    if args.scale_labeled:
+        try:
+            changes["scale_labeled"] = tuple(int(n) for n in args.scale_labeled.split(",") if n.strip())
+        except ValueError:
+            raise SystemExit(
+                f"scale_labeled must be comma-separated counts, e.g. 200,1000; got {args.scale_labeled!r}"
+            ) from None
+    if args.ctr_datasets:
+        changes["ctr_datasets"] = tuple(d.strip() for d in args.ctr_datasets.split(",") if d.strip())
+    for name in (
+        "size",
+        "pretrain_epochs",
+        "pretrain_max_steps",
+        "finetune_epochs",
+        "scale_finetune_epochs",
+        "ctr_max_steps",
+        "synthetic_users",
+        "scale_users",
+        "ctr_repeats",
+        "sweep_repeats",
+        "ctr_eval_samples",
+        "data_dir",
+        "behavior_tokens",
+        "ablation_ratio",
+        "tag",
+        "max_behaviors",
+        "classifier_layer_norm",
+        "ctr_ad_prior",
+        "user_model_learning_rate",
+        "learning_rate",
+        "sweep_data",
+    ):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    for name in ("user_model_learning_rate", "ctr_eval_samples"):  # 0: none (one learning rate; all rows)
+        if changes.get(name) == 0:
+            changes[name] = None
+    settings = replace(settings, **changes)
+    if any(not 0.0 < r <= 1.0 for r in settings.ratios):
+        raise SystemExit(f"ratios must be in (0, 1]; got {settings.ratios}")
+    if min(settings.repeats, settings.ctr_repeats, settings.sweep_repeats) < 1:
+        raise SystemExit("repeats, ctr_repeats and sweep_repeats must be >= 1")
+    if not settings.scale_labeled or min(settings.scale_labeled) < 1:
+        raise SystemExit(f"scale_labeled must be positive counts; got {settings.scale_labeled}")
+    if args.jobs is None:
+        args.jobs = 1 if args.quick else min(2, os.cpu_count() or 1)
+    if args.jobs < 1:
+        raise SystemExit(f"jobs must be >= 1; got {args.jobs}")
+    if settings.max_behaviors is not None and settings.max_behaviors < 2:
+        raise SystemExit(
+            f"max_behaviors must be >= 2 (NBP needs a past and a next behavior); got {settings.max_behaviors}"
+        )
+    return settings
