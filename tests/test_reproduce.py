@@ -260,3 +260,31 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
         build_settings(parse_args(["--scale_labeled", "200,many"]))
     with pytest.raises(SystemExit, match="ctr_repeats"):
         build_settings(parse_args(["--ctr_repeats", "0"]))
+
+
+def test_svd_baseline_learns_from_every_user_without_labels(tmp_path, monkeypatch):
+    from sklearn.decomposition import TruncatedSVD
+
+    from ptum_hf.reproduce import baselines
+
+    fitted_rows = []
+    fit = TruncatedSVD.fit
+    monkeypatch.setattr(
+        TruncatedSVD, "fit", lambda self, x, y=None: fitted_rows.append((x.shape[0], y)) or fit(self, x)
+    )
+    ctx = Context(build_settings(parse_args(["--quick"])), tmp_path, tmp_path / ".work", quick=True)
+    result = baselines.demographic_baselines(ctx, "synthetic", 0.5, 0)
+    users = len(ctx.data("synthetic").users)
+    assert fitted_rows and all(rows == users and y is None for rows, y in fitted_rows)  # all users, no labels
+    assert len(fitted_rows) == len(baselines.SVD_RANKS)
+    svd = result["svd_lr"]
+    assert {svd["age_rank"], svd["gender_rank"]} <= set(baselines.SVD_RANKS)  # chosen on the validation users
+    assert 0.0 <= svd["gender_auc"] <= 1.0 and 0.0 <= svd["age_macro_f1"] <= 1.0
+
+
+def test_user_models_are_paired_with_the_svd_baseline(quick_run):
+    out, _ = quick_run
+    pairs = {row[3] for row in table_rows((out / "table2.md").read_text().split("### Paired")[1])}
+    assert "PTUM finetune − LR, SVD of the TF-IDF bag on all users (no labels)" in pairs
+    probe = {row[3] for row in table_rows((out / "probe.md").read_text().split("### Paired")[1])}
+    assert "LR on frozen PTUM user vectors − LR, SVD of the TF-IDF bag on all users (no labels)" in probe

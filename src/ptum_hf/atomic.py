@@ -84,7 +84,7 @@ def _replace(new: Path, target: Path) -> None:
     try:
         os.rename(new, target)
     except BaseException:
-        os.rename(old / target.name, target)
+        os.rename(old / target.name, target)  # if this fails too, `old` keeps the only copy: leave it
+        old.rmdir()
         raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)

@@ -30,8 +30,11 @@ if _AutoModelBase is not None:
 
         _model_mapping = _CTR_MAPPING
 
-    AutoModelForCTR.register(PTUMConfig, PTUMForCTR, exist_ok=True)
-else:
+    try:
+        AutoModelForCTR.register(PTUMConfig, PTUMForCTR, exist_ok=True)
+    except (AttributeError, TypeError, ValueError):
+        _AutoModelBase = None
+if _AutoModelBase is None:
 
     class AutoModelForCTR:
         """`PTUMForCTR.from_pretrained` / `from_config` (transformers' auto factory is not available)."""
@@ -42,4 +45,4 @@ else:
 
         @classmethod
         def from_config(cls, config, **kwargs):
-            return PTUMForCTR(config, **kwargs)
+            return PTUMForCTR._from_config(config, **kwargs)

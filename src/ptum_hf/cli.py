@@ -44,9 +44,9 @@ def given_fields(argv) -> set[str]:
 
 
 def cmd_finetune(argv):
-    from .finetuning import FinetuneArguments, default_training_arguments, run_finetuning
+    from .finetuning import TASKS, FinetuneArguments, default_training_arguments, run_finetuning
 
-    if not argv or argv[0] not in ("demographics", "ctr"):
+    if not argv or argv[0] not in TASKS:
         raise SystemExit("usage: ptum-hf finetune {demographics,ctr} [--flags | config.json]")
     task, argv = argv[0], argv[1:]
     given = given_fields(argv)

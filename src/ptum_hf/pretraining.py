@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .atomic import atomic_directory, atomic_write_text
+from .atomic import atomic_directory, atomic_write_json
 from .configuration_ptum import PRESETS, PTUMConfig
 from .data import PretrainingCollator, SeededCollator, UserRows, load_behavior_data, load_tokenizer
 from .data.splits import split_users
@@ -226,7 +226,7 @@ class CSVTracker(GeneralTracker):
 
     def store_init_configuration(self, values: dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path.parent / "config.json", json.dumps(values, indent=2, default=str))
+        atomic_write_json(self.path.parent / "config.json", values)
 
     def log(self, values: dict, step=None, **kwargs):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +412,7 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
 
         card = create_model_card(card_data, model=unwrapped) if card_data is not None else None
         save_for_hub(unwrapped, final_dir, tokenizer=tokenizer, card=card)
-        atomic_write_text(final_dir / "pretraining_metrics.json", json.dumps({"step": step, **metrics}, indent=2))
+        atomic_write_json(final_dir / "pretraining_metrics.json", {"step": step, **metrics})
         if args.push_to_hub:
             push_to_hub(unwrapped, args.hub_model_id or Path(args.output_dir).name, tokenizer=tokenizer, card=card)
     accelerator.wait_for_everyone()

@@ -78,14 +78,14 @@ class BehaviorCollatorBase:
     ):
         """The collator for `dataset`: its token cache (unless given) and what the task reads from the dataset
         (`from_dataset_defaults`); `kwargs` set the other fields and override those defaults."""
-        cache = token_cache or BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
-        defaults = cls.from_dataset_defaults(dataset, kwargs)
-        kwargs = {**{k: v for k, v in defaults.items() if k not in kwargs}, **kwargs}
-        return cls(token_cache=cache, tokenizer=tokenizer, max_tokens=max_tokens, **kwargs)
+        if token_cache is None:
+            token_cache = BehaviorTokenCache.build(dataset.behaviors, tokenizer, max_tokens)
+        kwargs = {**cls.from_dataset_defaults(dataset, kwargs), **kwargs}
+        return cls(token_cache=token_cache, tokenizer=tokenizer, max_tokens=max_tokens, **kwargs)
 
     @classmethod
     def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
-        """Fields a subclass takes from the dataset unless `kwargs` set them."""
+        """Fields a subclass takes from the dataset (only those `kwargs` do not set)."""
         return {}
 
     # -- randomness -------------------------------------------------------------------------------------------
@@ -251,7 +251,9 @@ class PretrainingCollator(BehaviorCollatorBase):
     def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
         """The corpus negative sampler of `dataset`."""
         weighting = kwargs.get("negative_sampling", "occurrence")
-        return {"negative_sampler": None if weighting == "batch" else NegativeSampler.from_dataset(dataset, weighting)}
+        if "negative_sampler" in kwargs or weighting == "batch":
+            return {}
+        return {"negative_sampler": NegativeSampler.from_dataset(dataset, weighting)}
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         K, P = self.num_next, self.num_negatives
@@ -380,7 +382,7 @@ class DemographicsCollator(UserCollator):
     @classmethod
     def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
         """Every label column of `dataset`."""
-        return {"label_names": tuple(dataset.label_classes)}
+        return {} if "label_names" in kwargs else {"label_names": tuple(dataset.label_classes)}
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         return {**super().__call__(features), "labels": torch.from_numpy(self.labels(features))}
@@ -418,7 +420,7 @@ class CTRCollator(BehaviorCollatorBase):
     @classmethod
     def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
         """The users' sequences, which impressions point into."""
-        return {"sequences": dataset.sequences()}
+        return {} if "sequences" in kwargs else {"sequences": dataset.sequences()}
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not features:

@@ -13,8 +13,9 @@ Experiments (`--experiments`, comma separated):
 - `lambda`, `k`: the NBP weight lambda and the number K of next behaviors (HSA, demographics). The ablation and
   these sweeps run in the synthetic `scale` setting (its first labeled count; the CTR ablation on the synthetic CTR
   task), where pre-training has something to give, or with `--sweep_data movielens` on MovieLens.
-- `baselines`: majority class and logistic regression on TF-IDF bag-of-items (demographics); item mean click rate
-  and logistic regression on user and item one-hots (CTR); on exactly the splits the user models get.
+- `baselines`: majority class, logistic regression on TF-IDF bag-of-items, and on its truncated SVD fitted on every
+  user without labels (demographics); item mean click rate and logistic regression on user and item one-hots (CTR);
+  on exactly the splits the user models get.
 - `scale`: synthetic, every user pre-trains (51,250) and 200 or 1,000 of the training users carry labels (250:1, 50:1).
 
 Pre-training uses every user's behaviors and no labels, once per (dataset, preset, pre-training setting); the

@@ -13,6 +13,7 @@ from ..data.splits import ctr_splits, demographics_splits
 from .jobs import Context
 
 DEMOGRAPHIC_HEADS = ("age", "gender")
+SVD_RANKS = (32, 64, 128)  # chosen on the validation users, with C
 
 
 def demographic_baselines(
@@ -20,11 +21,15 @@ def demographic_baselines(
 ) -> dict:
     """Majority class and LR on TF-IDF bag-of-items, on the user models' split (`demographics_splits`).
 
+    `svd_lr`: LR on the truncated SVD of the TF-IDF bag of items fitted on every user of the dataset without labels
+    (what pre-training also sees), L2-normalised; its rank is chosen on the validation users.
     With `recent`, also LR on the bag of each user's last `recent` items only (`lr_tfidf_last{recent}`): what the user
     models see, since they keep only the most recent `max_behaviors`."""
+    from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+    from sklearn.preprocessing import normalize
 
     name = ctx.data_name(dataset)
     data = ctx.data(name) if label_fraction is None else ctx.data(name, ctx.settings.scale_users)
@@ -47,7 +52,16 @@ def demographic_baselines(
     # The same model on the words of the behavior texts (what the user models read) instead of item identities.
     texts = lambda part: [" ".join(data.behaviors[b] for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
     features["lr_tfidf_words"] = fit_transform(TfidfVectorizer(sublinear_tf=True, min_df=2), texts)
-    out = {"majority": {}, **{variant: {} for variant in features}}
+    options = {variant: [(None, x)] for variant, x in features.items()}  # variant -> [(rank, (train, val, test))]
+    everyone = TfidfVectorizer(**items)
+    matrix = everyone.fit_transform(bag()(data.users))
+    ranks = sorted({min(k, min(matrix.shape) - 1) for k in SVD_RANKS} - {0})
+    parts = [everyone.transform(bag()(part)) for part in (train, validation, test)]
+    options["svd_lr"] = []
+    for rank in ranks:
+        svd = TruncatedSVD(rank, random_state=0).fit(matrix)
+        options["svd_lr"].append((rank, [normalize(svd.transform(x)) for x in parts]))
+    out = {"majority": {}, **{variant: {} for variant in options}}
     for head in DEMOGRAPHIC_HEADS:
         y_train, y_val, y_test = (np.asarray(p[head], dtype=float) for p in (train, validation, test))
         keep_train, keep_val, keep_test = (~np.isnan(y) for y in (y_train, y_val, y_test))
@@ -60,22 +74,25 @@ def demographic_baselines(
         out["majority"][f"{head}_macro_f1"] = f1_score(y_test, prediction, average="macro")
         if head == "gender":
             out["majority"]["gender_auc"] = 0.5
-        for variant, (x_train, x_val, x_test) in features.items():
+        for variant, choices in options.items():
             best = None
-            if len(np.unique(y_train)) < 2:  # a tiny --quick split
+            if len(np.unique(y_train)) < 2 or not choices:  # a tiny --quick split
                 out[variant].update({k: v for k, v in out["majority"].items() if k.startswith(head)})
                 continue
-            for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0):  # C chosen on the validation users by macro-F1
-                model = LogisticRegression(C=c, max_iter=2000, class_weight=None)
-                model.fit(x_train[keep_train], y_train)
-                score = f1_score(y_val, model.predict(x_val[keep_val]), average="macro")
-                if best is None or score > best[0]:
-                    best = (score, c, model)
-            model = best[2]
+            for rank, (x_train, x_val, x_test) in choices:
+                for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0):  # C (and the rank) chosen on the validation users
+                    model = LogisticRegression(C=c, max_iter=2000, class_weight=None)
+                    model.fit(x_train[keep_train], y_train)
+                    score = f1_score(y_val, model.predict(x_val[keep_val]), average="macro")
+                    if best is None or score > best[0]:
+                        best = (score, c, model, rank, x_test)
+            _, c, model, rank, x_test = best
             prediction = model.predict(x_test[keep_test])
             out[variant][f"{head}_accuracy"] = accuracy_score(y_test, prediction)
             out[variant][f"{head}_macro_f1"] = f1_score(y_test, prediction, average="macro")
-            out[variant][f"{head}_C"] = best[1]
+            out[variant][f"{head}_C"] = c
+            if rank is not None:
+                out[variant][f"{head}_rank"] = rank
             if head == "gender":
                 scores = model.predict_proba(x_test[keep_test])[:, 1]
                 out[variant]["gender_auc"] = roc_auc_score(y_test, scores) if len(np.unique(y_test)) > 1 else math.nan

@@ -120,7 +120,7 @@ def run_baselines(ctx: Context):
         for ratio in s.ratios:
             for repeat in range(s.repeats):
                 wanted = (
-                    ("majority", "lr_tfidf", "lr_tfidf_words", f"lr_tfidf_last{s.history_length}")
+                    ("majority", "lr_tfidf", "lr_tfidf_words", f"lr_tfidf_last{s.history_length}", "svd_lr")
                     if task == "demographics"
                     else ("item_mean", "lr_user_item", "cosine_tfidf")
                 )

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# The atomic writers: imported once, here, for every module of this package.
-from ..atomic import atomic_directory, atomic_file, atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
 from ..data import load_behavior_data
 from .settings import MOVIELENS, SYNTHETIC, Settings
 
@@ -46,8 +44,15 @@ class Records:
         return {record_key(r) for r in self.load(experiment)}
 
     def add(self, experiment, record: dict):
-        with open(self.path(experiment), "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        path = self.path(experiment)
+        # A line cut by a kill has no newline: start on a new line, or this record would be glued to it and lost.
+        cut = False
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                cut = handle.read(1) != b"\n"
+        with open(path, "a") as handle:
+            handle.write(("\n" if cut else "") + json.dumps(record, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 

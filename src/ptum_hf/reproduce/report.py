@@ -7,13 +7,14 @@ import math
 
 import numpy as np
 
-from .jobs import Context, atomic_write_text
+from ..atomic import atomic_write_text
+from .jobs import Context
 from .settings import VARIANT_NAMES
 
 DEMOGRAPHIC_METRICS = ("age_accuracy", "age_macro_f1", "gender_accuracy", "gender_macro_f1", "gender_auc")
 CTR_METRICS = ("auc", "ap")
 
-PROBE_COMPARISONS = [("probe_ptum", "probe_random"), ("probe_ptum", "lr_tfidf")]
+PROBE_COMPARISONS = [("probe_ptum", "probe_random"), ("probe_ptum", "lr_tfidf"), ("probe_ptum", "svd_lr")]
 DEMOGRAPHIC_COMPARISONS = [
     ("ptum_finetune", "scratch"),
     ("ptum_frozen", "scratch"),
@@ -21,6 +22,8 @@ DEMOGRAPHIC_COMPARISONS = [
     ("scratch", "lr_tfidf"),
     ("ptum_finetune", "lr_tfidf_same"),
     ("scratch", "lr_tfidf_same"),
+    ("ptum_finetune", "svd_lr"),
+    ("scratch", "svd_lr"),
 ]
 SCALE_COMPARISONS = [
     ("ptum_finetune", "scratch"),
@@ -28,6 +31,7 @@ SCALE_COMPARISONS = [
     ("ptum_finetune", "lr_tfidf_words"),
     ("scratch", "lr_tfidf_words"),
     ("ptum_finetune", "lr_tfidf"),
+    ("ptum_finetune", "svd_lr"),
 ]
 CTR_COMPARISONS = [
     ("ptum_finetune", "scratch"),

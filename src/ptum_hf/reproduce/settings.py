@@ -29,6 +29,7 @@ VARIANT_NAMES = {
     "lr_tfidf": "LR, TF-IDF bag-of-items",
     "lr_tfidf_words": "LR, TF-IDF words of the texts",
     "lr_tfidf_same": "LR, TF-IDF bag of the same recent items",
+    "svd_lr": "LR, SVD of the TF-IDF bag on all users (no labels)",
     "item_mean": "item mean click rate",
     "cosine_tfidf": "history-ad TF-IDF cosine (untrained)",
     "lr_user_item": "LR, user + item one-hot",
@@ -51,8 +52,8 @@ def variant_recipe(
     return overrides, rate
 
 
-# Model sizes (PTUMConfig overrides). The paper's sizes (300-d words, 256-d vectors, 100 behaviors) cost about 4 s
-# per pre-training step of 32 users on one CPU core; "small" is about 5 times cheaper.
+# Model sizes (PTUMConfig overrides): the paper's (300-d words, 256-d vectors, 100 behaviors) are slow on a CPU;
+# "small" is the experiments' default, "tiny" is for --quick and tests.
 SIZES = {
     "paper": {},
     "small": {
@@ -290,10 +291,8 @@ def parse_args(argv=None):
         "--jobs",
         type=int,
         default=None,
-        help="Fine-tunes run side by side in this many worker processes, sharing the threads "
-        "(pre-training and baselines stay in the main process). Small models use two 1-thread "
-        "processes better than one 2-thread process. Default: 2 where there are 2 cores, 1 with "
-        "--quick.",
+        help="Every planned job (pre-trainings, fine-tunes, baselines, probes) runs in this many worker processes, "
+        "which share the threads. Default: 2 where there are 2 cores, 1 with --quick.",
     )
     return parser.parse_args(argv)
 

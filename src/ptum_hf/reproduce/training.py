@@ -11,7 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .jobs import Context, Job, atomic_directory, atomic_write_json, log, quiet
+from ..atomic import atomic_directory, atomic_write_json
+from .jobs import Context, Job, log, quiet
 from .settings import SYNTHETIC, variant_recipe
 
 
