@@ -165,3 +165,10 @@ def test_errors_are_value_errors_and_picklable(tmp_path):
     error = BehaviorLogError("bad", path="f.csv", line=3, column="text")
     assert isinstance(error, ValueError) and str(error) == "f.csv, line 3, column 'text': bad"
     assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
+def test_blank_lines_do_not_shift_line_numbers(tmp_path):
+    # pandas skips blank lines; the line finder used to count them as records and name the line before
+    with pytest.raises(BehaviorLogError) as err:
+        read_behavior_log(csv_file(tmp_path, HEADER + "1,5,a\n\n2,soon,c\n"))
+    assert (err.value.line, err.value.column) == (4, "timestamp")

@@ -272,3 +272,95 @@ def test_fuzz_behavior_logs_through_reader_and_collator(tmp_path_factory, tokeni
     print(f"fuzzed {COUNTS['cases']} behavior logs: {dict(sorted(COUNTS.items()))}")
     assert COUNTS["cases"] >= MAX_EXAMPLES
     assert COUNTS["refused"] > 0 and COUNTS["accepted"] > 0 and COUNTS["batches"] > 0  # both outcomes were reached
+
+
+# Odd input (issue 18, item 5): NUL bytes, ids that are neither strings nor integers, times outside
+# [1970-01-01, 2100-01-01), a UTF-8 byte order mark. None of them may reach the dataset unnoticed.
+END_SECONDS = 4_102_444_800  # 2100-01-01T00:00:00Z
+odd_ids = st.one_of(
+    st.sampled_from(["u1", "u2", " u1 ", "u\x001", "\x00", "1", "2"]),
+    st.integers(0, 3),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(0, 2), max_size=2),
+)
+odd_times = st.one_of(
+    st.integers(0, END_SECONDS - 1),
+    st.integers(END_SECONDS, 2**70),
+    st.integers(-(2**70), -1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["9999-12-31", "2024-01-02", "1000000000000", "4102444799", "4102444800"]),
+)
+odd_texts = st.one_of(st.sampled_from(["news a", "news b", "a\x00b", "\x00"]), st.text(max_size=8))
+
+
+def _valid_json_id(value):
+    """What a JSON user id may become: a string or an integer, as the reader writes it; None if it names no user."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    text = str(value).strip()
+    return text if text and "\x00" not in text else None
+
+
+@settings(
+    max_examples=max(MAX_EXAMPLES // 2, 20),
+    deadline=None,
+    derandomize=DERANDOMIZE,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    records=st.lists(
+        st.fixed_dictionaries({"user_id": odd_ids, "timestamp": odd_times, "text": odd_texts}), min_size=1, max_size=20
+    ),
+    fmt=st.sampled_from(["csv", "tsv", "jsonl", "parquet"]),
+    bom=st.booleans(),
+    compress=st.booleans(),
+)
+def odd_case(tmp_path_factory, records, fmt, bom, compress):
+    folder = tmp_path_factory.mktemp("odd", numbered=True)
+    columns = ["user_id", "timestamp", "text"]
+    if fmt == "tsv":  # naive TSV: keep tabs and newlines out of the values so the layout holds
+        records = [
+            {k: v.replace("\t", " ").replace("\n", " ") if isinstance(v, str) else v for k, v in r.items()}
+            for r in records
+        ]
+    path = write_log(folder / "log", fmt, records, columns, compress=False)
+    if fmt != "parquet" and (bom or compress):
+        data = (b"\xef\xbb\xbf" if bom else b"") + path.read_bytes()
+        if compress:
+            path.unlink()
+            path = path.with_suffix(path.suffix + ".gz")
+        path.write_bytes(gzip.compress(data) if compress else data)
+    COUNTS["odd_cases"] += 1
+    try:
+        data = read_behavior_log(path)
+    except BehaviorLogError as error:
+        assert error.path is not None and path.name in str(error), str(error)
+        assert "missing column" not in str(error), str(error)  # a byte order mark is not part of a column name
+        COUNTS["odd_refused"] += 1
+        return
+    COUNTS["odd_accepted"] += 1
+    check_dataset(data, 1000, 1)
+    report = data.report
+    assert report.events_read == len(records) and report.rows_read == len(records)
+    assert set(report.dropped_events) <= {
+        "missing_user_id", "invalid_user_id", "nul_byte", "missing_text", "missing_timestamp",
+        "negative_timestamp", "timestamp_after_2100", "duplicate_event",
+    }  # fmt: skip
+    for user_id in data.users["user_id"]:
+        assert user_id and user_id == user_id.strip() and "\x00" not in user_id and "\ufeff" not in user_id
+    assert all("\x00" not in text for text in data.behaviors)
+    assert all(0 <= t < END_SECONDS for times in data.users["timestamps"] for t in times)
+    if fmt == "jsonl":  # 1.0, true and lists never become ids; integer 1 and string "1" are one user
+        assert set(data.users["user_id"]) <= {_valid_json_id(r["user_id"]) for r in records}
+        if any(_valid_json_id(r["user_id"]) is None and r["user_id"] is not None for r in records):
+            assert report.dropped_events.get("invalid_user_id", 0) + report.dropped_events.get("nul_byte", 0) > 0
+
+
+def test_fuzz_odd_input_is_refused_or_counted(tmp_path_factory):
+    COUNTS.clear()
+    odd_case(tmp_path_factory)
+    print(f"fuzzed {COUNTS['odd_cases']} odd behavior logs: {dict(sorted(COUNTS.items()))}")
+    assert COUNTS["odd_refused"] > 0 and COUNTS["odd_accepted"] > 0

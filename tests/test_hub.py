@@ -19,7 +19,14 @@ from ptum_hf.modelcard import PTUMModelCardData
 from conftest import tiny_config
 
 SOURCE_DIR = Path(hub.__file__).parent
-MODEL_FILES = {"config.json", "model.safetensors", "README.md", "configuration_ptum.py", "modeling_ptum.py"}
+MODEL_FILES = {
+    "config.json",
+    "model.safetensors",
+    "README.md",
+    "configuration_ptum.py",
+    "modeling_ptum.py",
+    "checksums.json",
+}
 
 
 class RecordedHfApi:

@@ -255,3 +255,20 @@ def test_push_cli_sends_model_tokenizer_card_and_code(pretrained, monkeypatch):
         "configuration_ptum.py",
     } <= sent
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in sent)
+    # The card that goes up is the saved card, not a card made of its path.
+    assert api.uploaded["README.md"].decode() == (pretrained / "model" / "README.md").read_text()
+
+
+def test_cli_help_exits_zero(capsys):
+    cli(["--help"])
+    assert "ptum-hf pretrain" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="usage: ptum-hf"):
+        cli(["no-such-command"])
+
+
+def test_training_arguments_follow_a_changed_eval_strategy(tmp_path):
+    args = default_training_arguments(str(tmp_path), "demographics", eval_strategy="no")
+    assert args.load_best_model_at_end is False and args.save_strategy == "epoch"
+    args = default_training_arguments(str(tmp_path), "ctr", eval_strategy="steps", eval_steps=5)
+    assert args.load_best_model_at_end is False  # saves per epoch, evaluates per step: no best checkpoint to reload
+    assert default_training_arguments(str(tmp_path), "ctr").load_best_model_at_end is True

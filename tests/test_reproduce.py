@@ -288,3 +288,12 @@ def test_user_models_are_paired_with_the_svd_baseline(quick_run):
     assert "PTUM finetune − LR, SVD of the TF-IDF bag on all users (no labels)" in pairs
     probe = {row[3] for row in table_rows((out / "probe.md").read_text().split("### Paired")[1])}
     assert "LR on frozen PTUM user vectors − LR, SVD of the TF-IDF bag on all users (no labels)" in probe
+
+
+def test_config_overrides_reach_the_model_and_its_name():
+    settings = build_settings(parse_args(["--config_overrides", '{"use_bag": true, "bag_dropout": 0.3}']))
+    assert settings.model_overrides["use_bag"] is True and settings.model_overrides["bag_dropout"] == 0.3
+    assert settings.model_label("hsa") == "hsa (bag_dropout=0.3, use_bag=True)"
+    for bad, message in (('{"use_bags": true}', "use_bags"), ("[1]", "JSON object"), ("{", "not valid JSON")):
+        with pytest.raises(SystemExit, match=message):
+            build_settings(parse_args(["--config_overrides", bad]))

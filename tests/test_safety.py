@@ -158,6 +158,9 @@ def test_pickle_only_hub_repo_is_refused_offline(tmp_path, monkeypatch):
         ({"use_mbp": "false"}, "use_mbp must be true or false"),
         ({"pad_token_id": 60}, r"pad_token_id must be an id in \[0, vocab_size=60\)"),
         ({"label_heads": {"age": 1}}, "label_heads"),
+        ({"hidden_size": 10**7}, r"hidden_size must be at most 65536 \(PTUMConfig's upper bound\), got 10000000"),
+        ({"vocab_size": 10**9}, r"vocab_size must be at most 10000000"),
+        ({"label_heads": {"age": 10**7}}, r"label_heads\['age'\] \(number of classes\) must be at most 1000000"),
         (
             {"behavior_encoder_type": "pretrained", "text_encoder_config": {"model_type": "ptum"}},
             "must name a model type built into transformers",

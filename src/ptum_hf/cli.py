@@ -90,17 +90,12 @@ def cmd_push(argv):
     model_class = next((c for c in PTUMPreTrainedModel.__subclasses__() if c.__name__ == architecture), PTUMModel)
     model = model_class.from_pretrained(args.folder)
     tokenizer = AutoTokenizer.from_pretrained(args.folder)
-    card = f"{args.folder}/README.md"
-    info = push_to_hub(
-        model, args.repo_id, tokenizer=tokenizer, card=card if _exists(card) else None, private=args.private
-    )
+    from huggingface_hub import ModelCard
+
+    card_path = os.path.join(args.folder, "README.md")
+    card = ModelCard.load(card_path) if os.path.exists(card_path) else None  # the card itself, not its path
+    info = push_to_hub(model, args.repo_id, tokenizer=tokenizer, card=card, private=args.private)
     print(f"pushed: {info}")
-
-
-def _exists(path):
-    import os
-
-    return os.path.exists(path)
 
 
 def cmd_reproduce(argv):
@@ -134,10 +129,18 @@ def main(argv=None):
     if argv is None:  # run as the `ptum-hf` program (or `python -m ptum_hf.cli`), not called from Python code
         enable_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return
     if not argv or argv[0] not in COMMANDS:
         print(__doc__)
-        raise SystemExit(f"usage: ptum-hf {{{','.join(COMMANDS)}}} ...")
-    COMMANDS[argv[0]](argv[1:])
+        raise SystemExit(f"usage: ptum-hf {{{','.join(COMMANDS)}}} ... (ptum-hf --help)")
+    from .locking import OutputInUseError
+
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except OutputInUseError as error:  # an operator's mistake, not a bug: the message says all
+        raise SystemExit(f"ptum-hf {argv[0]}: {error}") from None
 
 
 if __name__ == "__main__":

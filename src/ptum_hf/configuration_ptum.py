@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import math
+import os
 
 from transformers import PretrainedConfig
 
@@ -29,6 +30,31 @@ PRESETS = {
         "user_num_layers": 2,
     },
 }
+
+# Upper bounds of the size fields. A config.json is input from whoever made the checkpoint: without a bound, one that
+# asks for `hidden_size: 10000000` fails only when torch cannot allocate the weights (petabytes) or when transformers
+# compares weight shapes, and neither message names the field; a size just small enough to fit takes the memory. The
+# bounds sit far above any real PTUM model (the paper's: hidden 256, 30k words, 100 behaviors of 30 tokens), so they
+# stop only absurd values, when the config is built, before anything is allocated. Each bounds one field alone, not
+# their product: a config within every bound can still describe a model larger than your memory.
+SIZE_LIMITS = {
+    "vocab_size": 10_000_000,
+    "word_embedding_dim": 65_536,
+    "behavior_num_layers": 1_000,
+    "cnn_kernel_size": 1_001,
+    "max_tokens_per_behavior": 100_000,
+    "hidden_size": 65_536,
+    "num_attention_heads": 4_096,
+    "additive_attention_dim": 65_536,
+    "user_num_layers": 1_000,
+    "intermediate_size": 262_144,
+    "max_behaviors": 100_000,
+    "num_time_buckets": 1_024,
+    "num_negatives": 10_000,
+    "num_next": 10_000,
+}
+MAX_LABEL_HEADS = 1_000  # demographic heads in `label_heads`
+MAX_LABEL_CLASSES = 1_000_000  # classes of one head
 
 
 class PTUMConfig(PretrainedConfig):
@@ -63,6 +89,12 @@ class PTUMConfig(PretrainedConfig):
         num_next (`int`, *optional*, defaults to 2): K, next behaviors predicted by NBP.
         nbp_weight (`float`, *optional*, defaults to 1.0): lambda in loss = MBP + lambda * NBP.
         use_mbp / use_nbp (`bool`, *optional*, defaults to `True`): switch a pre-training task off (ablations).
+        use_bag (`bool`, *optional*, defaults to `False`): a third pre-training task beyond the paper, bag prediction:
+            from the user vector of the history with each behavior dropped with probability `bag_dropout`, predict
+            every behavior of the history against all behaviors of the batch (one softmax over the batch's behavior
+            table per target). Every position is a target at every step, where MBP has one.
+        bag_weight (`float`, *optional*, defaults to 1.0): its weight in the loss.
+        bag_dropout (`float`, *optional*, defaults to 0.5): share of the history hidden from the user encoder.
         predictor (`str`, *optional*, defaults to `"dot"`): how a candidate is scored against the user vector.
         label_heads (`dict[str, int]`, *optional*, defaults to `{"age": 4, "gender": 2}`): demographic heads and
             their class counts.
@@ -112,6 +144,9 @@ class PTUMConfig(PretrainedConfig):
         nbp_weight: float = 1.0,
         use_mbp: bool = True,
         use_nbp: bool = True,
+        use_bag: bool = False,
+        bag_weight: float = 1.0,
+        bag_dropout: float = 0.5,
         predictor: str = "dot",
         label_heads: dict | None = None,
         freeze_user_model: bool = False,
@@ -124,6 +159,8 @@ class PTUMConfig(PretrainedConfig):
         # A config.json from a stranger is input: refuse keys that neither PTUM nor transformers defines (typos,
         # fields of another model, or attributes that would steer transformers' loader such as `transformers_weights`).
         _check_unknown_keys(kwargs)
+        if "model_type" in kwargs and kwargs["model_type"] != self.model_type:  # e.g. from_dict(<a BERT config>)
+            raise ValueError(_model_type_refusal("the config", kwargs["model_type"]))
         self.vocab_size = vocab_size
         self.word_embedding_dim = word_embedding_dim
         self.behavior_encoder_type = behavior_encoder_type
@@ -146,6 +183,9 @@ class PTUMConfig(PretrainedConfig):
         self.nbp_weight = nbp_weight
         self.use_mbp = use_mbp
         self.use_nbp = use_nbp
+        self.use_bag = use_bag
+        self.bag_weight = bag_weight
+        self.bag_dropout = bag_dropout
         self.predictor = predictor
         self.label_heads = dict(label_heads) if label_heads is not None else {"age": 4, "gender": 2}
         self.freeze_user_model = freeze_user_model
@@ -155,6 +195,21 @@ class PTUMConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.validate_ptum()
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """`PretrainedConfig.get_config_dict`, refusing a config.json whose `model_type` is not `ptum`.
+
+        transformers only warns when a checkpoint of another model type is loaded into a PTUM class, then builds a
+        PTUM model from whatever fields match. Every path from a checkpoint to a `PTUMConfig` passes here: the model
+        classes' `from_pretrained`, `PTUMConfig.from_pretrained`, and `AutoConfig` with the checkpoint's remote code.
+        """
+        subfolder = kwargs.get("subfolder") or ""
+        config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict and config_dict.get("model_type") != cls.model_type:
+            source = _config_source(pretrained_model_name_or_path, subfolder)
+            raise ValueError(_model_type_refusal(source, config_dict.get("model_type", _MISSING)))
+        return config_dict, unused
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PTUMConfig":
@@ -168,29 +223,17 @@ class PTUMConfig(PretrainedConfig):
         _check_choice("behavior_encoder_type", self.behavior_encoder_type, BEHAVIOR_ENCODER_TYPES)
         _check_choice("user_encoder_type", self.user_encoder_type, USER_ENCODER_TYPES)
         _check_choice("predictor", self.predictor, PREDICTOR_TYPES)
-        for name in (
-            "vocab_size",
-            "word_embedding_dim",
-            "behavior_num_layers",
-            "cnn_kernel_size",
-            "max_tokens_per_behavior",
-            "hidden_size",
-            "num_attention_heads",
-            "additive_attention_dim",
-            "user_num_layers",
-            "intermediate_size",
-            "max_behaviors",
-            "num_time_buckets",
-            "num_negatives",
-            "num_next",
-        ):
+        for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > limit:
+                raise ValueError(f"{name} must be at most {limit} (PTUMConfig's upper bound), got {value!r}")
         for name in (
             "freeze_text_encoder",
             "use_mbp",
             "use_nbp",
+            "use_bag",
             "freeze_user_model",
             "share_ad_encoder",
             "classifier_layer_norm",
@@ -211,17 +254,33 @@ class PTUMConfig(PretrainedConfig):
             raise ValueError(f"nbp_weight (lambda) must be a finite number >= 0, got {self.nbp_weight!r}")
         if not _is_number(self.initializer_range) or not 0.0 <= self.initializer_range < math.inf:
             raise ValueError(f"initializer_range must be a finite number >= 0, got {self.initializer_range!r}")
-        if not (self.use_mbp or self.use_nbp):
-            raise ValueError("use_mbp and use_nbp are both False: at least one pre-training task must be on")
+        if not _is_number(self.bag_weight) or not 0.0 <= self.bag_weight < math.inf:
+            raise ValueError(f"bag_weight must be a finite number >= 0, got {self.bag_weight!r}")
+        if not _is_number(self.bag_dropout) or not 0.0 <= self.bag_dropout < 1.0:
+            raise ValueError(f"bag_dropout must be in [0, 1), got {self.bag_dropout!r}")
+        if not (self.use_mbp or self.use_nbp or self.use_bag):
+            raise ValueError(
+                "use_mbp and use_nbp are both False (and use_bag too): at least one pre-training task must be on"
+            )
         if not self.label_heads or not isinstance(self.label_heads, dict):
             raise ValueError(
                 f"label_heads must be a non-empty dict of head name -> class count, got {self.label_heads!r}"
+            )
+        if len(self.label_heads) > MAX_LABEL_HEADS:
+            raise ValueError(
+                f"label_heads must have at most {MAX_LABEL_HEADS} heads (PTUMConfig's upper bound), "
+                f"got {len(self.label_heads)}"
             )
         for head, classes in self.label_heads.items():
             if not isinstance(head, str):
                 raise ValueError(f"label_heads keys must be head names (strings), got {head!r}")
             if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
                 raise ValueError(f"label_heads[{head!r}] must be an integer >= 2 (number of classes), got {classes!r}")
+            if classes > MAX_LABEL_CLASSES:
+                raise ValueError(
+                    f"label_heads[{head!r}] (number of classes) must be at most {MAX_LABEL_CLASSES} "
+                    f"(PTUMConfig's upper bound), got {classes!r}"
+                )
         if self.behavior_encoder_type == "pretrained":
             _check_text_encoder_config(self.text_encoder_config)
         elif self.text_encoder_config is not None and not isinstance(self.text_encoder_config, dict):
@@ -235,6 +294,29 @@ class PTUMConfig(PretrainedConfig):
             raise ValueError(
                 f"pad_token_id must be an id in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}"
             )
+
+
+_MISSING = object()
+
+
+def _model_type_refusal(source: str, model_type) -> str:
+    found = "has no model_type" if model_type is _MISSING else f"has model_type {model_type!r}"
+    return (
+        f"{source} {found}: PTUM classes load only configs of model_type {PTUMConfig.model_type!r} and do not build a "
+        "model from another model's config. If it is another model's checkpoint, load it with that model's classes "
+        "(for example transformers' AutoConfig / AutoModel)"
+    )
+
+
+def _config_source(pretrained_model_name_or_path, subfolder: str) -> str:
+    """The config file `get_config_dict` read, for error messages: a path for local checkpoints, else the repo."""
+    path = os.fspath(pretrained_model_name_or_path)
+    if os.path.isfile(os.path.join(subfolder, path)):
+        return repr(path)
+    if os.path.isdir(path):
+        return repr(os.path.join(path, subfolder, "config.json"))
+    where = f"{subfolder}/config.json" if subfolder else "config.json"
+    return f"{where} of the Hub repository {path!r}"
 
 
 def _is_number(value) -> bool:

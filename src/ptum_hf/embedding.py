@@ -6,6 +6,7 @@ that has it; without it every user's behaviors are encoded again in each batch.
     ptum-hf embed --model_name_or_path outputs/pretrain/model --dataset movielens-100k --output_file users.parquet
 """
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_file
+from .atomic import atomic_file, remove_leftovers
 from .data import UserCollator
+from .locking import output_lock
 from .modeling_ptum import PTUMModel
 
 
@@ -98,11 +100,17 @@ def _embed_batch(model: PTUMModel, features: list[dict], collator: UserCollator,
 
 
 def write_user_embeddings(model, data, token_cache, output_file, batch_size: int = 256, use_cache: bool = True) -> Path:
-    """Write `user_id` and `embedding` (list of float32) to Parquet under a temporary name, then rename."""
+    """Write `user_id` and `embedding` (list of float32) to Parquet under a temporary name, then rename.
+
+    The output file's lock is held meanwhile (`OutputInUseError` when another run writes the same file)."""
     output_file = Path(output_file)
     if not len(data.users):
         raise ValueError("the dataset has no users to embed")
-    with atomic_file(output_file) as tmp, tqdm(total=len(data.users), desc="embed", unit="user") as bar:
+    with (
+        output_file_lock(output_file),
+        atomic_file(output_file) as tmp,
+        tqdm(total=len(data.users), desc="embed", unit="user") as bar,
+    ):
         writer = None
         try:
             for user_ids, vectors in iter_user_embeddings(model, data, token_cache, batch_size, use_cache):
@@ -119,14 +127,25 @@ def write_user_embeddings(model, data, token_cache, output_file, batch_size: int
     return output_file
 
 
+@contextlib.contextmanager
+def output_file_lock(output_file):
+    """Hold the lock of `output_file` (`.<name>.ptum-hf.lock` beside it) and, under it, remove the temporaries that
+    killed writes of it left."""
+    output_file = Path(output_file)
+    with output_lock(output_file, "--output_file", file=True):
+        remove_leftovers(output_file.parent, names={output_file.name}, untagged=(output_file.name,))
+        yield
+
+
 def run_embedding(args: EmbedArguments) -> Path:
     """The CLI's `embed`: load the model, its tokenizer and the dataset, and write the Parquet file."""
     from transformers import AutoTokenizer
 
     from .data import BehaviorTokenCache, load_behavior_data
 
-    model = PTUMModel.from_pretrained(args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.synthetic_seed)
-    cache = BehaviorTokenCache.build(data.behaviors, tokenizer, model.config.max_tokens_per_behavior)
-    return write_user_embeddings(model, data, cache, args.output_file, args.batch_size, use_cache=not args.no_cache)
+    with output_file_lock(args.output_file):  # before anything is loaded, until the file is in place
+        model = PTUMModel.from_pretrained(args.model_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+        data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.synthetic_seed)
+        cache = BehaviorTokenCache.build(data.behaviors, tokenizer, model.config.max_tokens_per_behavior)
+        return write_user_embeddings(model, data, cache, args.output_file, args.batch_size, use_cache=not args.no_cache)

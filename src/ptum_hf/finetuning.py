@@ -5,6 +5,7 @@ ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --free
 ptum-hf finetune demographics --model_name_or_path outputs/pretrain/model --from_scratch   # same model, random weights
 """
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,9 +13,11 @@ from pathlib import Path
 
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, enable_full_determinism, set_seed
 
+from .atomic import remove_leftovers
 from .configuration_ptum import PRESETS, PTUMConfig
 from .data import load_behavior_data, load_tokenizer
 from .data.splits import ctr_splits, demographics_splits, eval_subset
+from .locking import output_lock
 from .modeling_ptum import PTUMForCTR, PTUMForDemographicClassification
 
 TASKS = ("demographics", "ctr")
@@ -112,6 +115,10 @@ def default_training_arguments(output_dir: str, task: str, **overrides) -> Train
         disable_tqdm=True,
     )
     values.update(overrides)
+    if str(values["eval_strategy"]) in ("no", "IntervalStrategy.NO") and "load_best_model_at_end" not in overrides:
+        values["load_best_model_at_end"] = False  # nothing is evaluated, so there is no best model to keep
+    if str(values["save_strategy"]) != str(values["eval_strategy"]) and "load_best_model_at_end" not in overrides:
+        values["load_best_model_at_end"] = False
     return TrainingArguments(**values)
 
 
@@ -216,8 +223,31 @@ def finetune(
 ) -> tuple[Trainer, dict]:
     """Fine-tune (or train from scratch, or train only the head) and evaluate on the test split.
 
-    Returns the Trainer (holding the best model by the validation metric) and the test metrics.
+    Returns the Trainer (holding the best model by the validation metric) and the test metrics. The Trainer's
+    `output_dir` is locked while it runs (`OutputInUseError` when another run holds it).
     """
+    with output_dir_lock(training_args):
+        return _finetune(args, training_args, data, tokenizer, card_data, token_cache)
+
+
+@contextlib.contextmanager
+def output_dir_lock(training_args: TrainingArguments):
+    """Hold the lock of the Trainer's `output_dir` (the main process takes it) and, under it, remove what killed runs
+    left there (temporary model folders)."""
+    folder = training_args.output_dir
+    if folder is None:
+        yield
+        return
+    main = training_args.process_index == 0
+    with output_lock(folder, main_process=main, num_processes=training_args.world_size):
+        if main:
+            # `.model.tmp-*`: the name a save killed in an earlier version left
+            remove_leftovers(folder, untagged=("model",))
+            remove_leftovers(Path(folder) / "model")
+        yield
+
+
+def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
     from .metrics import make_ctr_compute_metrics, make_demographics_compute_metrics
     from .modelcard import ModelCardCallback
 
@@ -276,10 +306,11 @@ def run_finetuning(args: FinetuneArguments, training_args: TrainingArguments, pu
     from .modelcard import PTUMModelCardData, create_model_card
 
     card_data = PTUMModelCardData(base_model=args.model_name_or_path if not args.from_scratch else None)
-    trainer, metrics = finetune(args, training_args, card_data=card_data)
-    model = trainer.model
-    card = create_model_card(card_data, model=model)
-    save_for_hub(model, Path(training_args.output_dir) / "model", tokenizer=trainer.processing_class, card=card)
+    with output_dir_lock(training_args):  # before the data is read, until the model is saved
+        trainer, metrics = finetune(args, training_args, card_data=card_data)
+        model = trainer.model
+        card = create_model_card(card_data, model=model)
+        save_for_hub(model, Path(training_args.output_dir) / "model", tokenizer=trainer.processing_class, card=card)
     if push_to:
         push_to_hub(model, push_to, tokenizer=trainer.processing_class, card=card)
     return metrics

@@ -2,7 +2,8 @@
 
 A published folder holds the weights (safetensors only), `config.json` with an `auto_map`, the modeling and
 configuration source files (so `AutoModel.from_pretrained(..., trust_remote_code=True)` works without `ptum_hf`),
-the tokenizer files when given, and a `README.md` model card.
+the tokenizer files when given, a `README.md` model card, and `checksums.json`: the sha256 of each weights file, which
+the PTUM classes' `from_pretrained` verifies when it loads the folder (transformers itself never reads it).
 """
 
 import contextlib
@@ -14,6 +15,7 @@ from huggingface_hub import HfApi, ModelCard
 
 from .atomic import atomic_directory
 from .modelcard import PTUMModelCardData, create_model_card
+from .modeling_ptum import write_checksums
 
 # Formats that unpickle (run code) when loaded; a published PTUM checkpoint never contains them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -93,8 +95,9 @@ def push_to_hub(
 
 def write_checkpoint(model, folder, tokenizer=None, card=None) -> list[str]:
     """
-    Write the model (with its source files and `auto_map`), the tokenizer and `README.md` into an existing folder.
-    Returns the sorted relative paths of the files written. Prefer `save_for_hub`, which is atomic.
+    Write the model (with its source files and `auto_map`), the tokenizer, `README.md` and `checksums.json` (the
+    sha256 of each weights file) into an existing folder. Returns the sorted relative paths of the files written.
+    Prefer `save_for_hub`, which is atomic.
     """
     folder = Path(folder)
     with remote_code_registered(model):
@@ -102,6 +105,7 @@ def write_checkpoint(model, folder, tokenizer=None, card=None) -> list[str]:
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     _as_model_card(card, model).save(folder / "README.md")
+    write_checksums(folder)  # last: it hashes the weights as they are on disk
 
     files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
     pickled = [name for name in files if name.endswith(PICKLE_SUFFIXES)]

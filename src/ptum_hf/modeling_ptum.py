@@ -12,8 +12,11 @@ checkpoint saved with this file loads with `trust_remote_code=True` where `ptum_
 """
 
 import difflib
+import hashlib
 import inspect
+import json
 import math
+import ntpath
 import os
 from dataclasses import dataclass
 
@@ -75,11 +78,14 @@ class PTUMModelOutput(ModelOutput):
 class PTUMForPretrainingOutput(ModelOutput):
     """
     Args:
-        loss (`torch.FloatTensor` of shape `()`, returned when labels are given): MBP loss + lambda * NBP loss.
-        mbp_loss, nbp_loss (`torch.FloatTensor` of shape `()`): the two task losses (when the task is on).
+        loss (`torch.FloatTensor` of shape `()`, returned when labels are given): MBP loss + lambda * NBP loss
+            (+ bag_weight * bag loss with `config.use_bag`).
+        mbp_loss, nbp_loss, bag_loss (`torch.FloatTensor` of shape `()`): the task losses (when the task is on).
         mbp_logits (`torch.FloatTensor` of shape `(batch_size, num_negatives + 1)`): candidate scores.
         nbp_logits (`torch.FloatTensor` of shape `(batch_size, num_next, num_negatives + 1)`): candidate scores.
-        mbp_accuracy, nbp_accuracy (`torch.FloatTensor` of shape `()`): top-1 accuracy over labelled examples.
+        bag_logits (`torch.FloatTensor` of shape `(batch_size, num_unique_behaviors)`): every behavior's score.
+        mbp_accuracy, nbp_accuracy (`torch.FloatTensor` of shape `()`): top-1 accuracy over labelled examples;
+            bag_accuracy: how often a user's top-scored behavior is one of the user's.
     """
 
     loss: torch.FloatTensor | None = None
@@ -89,6 +95,9 @@ class PTUMForPretrainingOutput(ModelOutput):
     nbp_logits: torch.FloatTensor | None = None
     mbp_accuracy: torch.FloatTensor | None = None
     nbp_accuracy: torch.FloatTensor | None = None
+    bag_loss: torch.FloatTensor | None = None
+    bag_logits: torch.FloatTensor | None = None
+    bag_accuracy: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -594,17 +603,33 @@ class PTUMPreTrainedModel(PreTrainedModel):
         self._ships_code = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, then: the weights files get the permissions of `config.json` beside them
+        (safetensors >= 0.8 writes them through a private temporary file, mode 0600, whatever the umask); a
+        `checksums.json` already in the folder is rewritten for the new weights; the source files are copied when
+        `register_for_auto_classes` was called."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        if getattr(self, "_ships_code", False) and kwargs.get("is_main_process", True):
+        if not kwargs.get("is_main_process", True):
+            return
+        _match_config_permissions(save_directory, kwargs.get("variant"))
+        if os.path.isfile(os.path.join(save_directory, CHECKSUMS_NAME)):
+            write_checksums(save_directory)
+        if getattr(self, "_ships_code", False):
             custom_object_save(self, save_directory)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, loading safetensors weights only.
+        """`PreTrainedModel.from_pretrained`, loading safetensors weights only, after checking the checkpoint's files.
 
         Pickle weights (`pytorch_model.bin`) can run code when they are read, so a checkpoint that has nothing else
         is refused with an `OSError` naming the file. Pass `use_safetensors=False` to opt in for a checkpoint you
         trust (transformers then reads it with `torch.load(weights_only=True)`), or better convert it once.
+
+        Before transformers opens a weight, an `OSError` also refuses: a sharded index (`*.index.json`) whose
+        `weight_map` names anything but a plain file name in the checkpoint's folder (a path, `..`, a symlink out of
+        the folder), for local folders and Hub repositories; and, in a local folder with a `checksums.json` (written
+        by `ptum_hf.hub.save_for_hub`), a weights file whose sha256 differs from the one recorded there, or that the
+        manifest does not list. A config.json of another model type, or with sizes beyond `PTUMConfig`'s bounds, is
+        refused with a `ValueError` when the config is read.
         """
         opted_in = kwargs.get("use_safetensors") is False
         if not opted_in:
@@ -612,6 +637,8 @@ class PTUMPreTrainedModel(PreTrainedModel):
         path = args[0] if args else kwargs.get("pretrained_model_name_or_path")
         if not opted_in and path is not None:
             _refuse_pickle_only_checkpoint(cls.__name__, path, kwargs, before_loading=True)
+        if path is not None:
+            _check_checkpoint_files(path, kwargs, pickle_allowed=opted_in)
         try:
             loaded = super().from_pretrained(*args, **kwargs)
         except OSError as error:
@@ -705,6 +732,280 @@ def _refuse_pickle_only_checkpoint(
         raise _pickle_refusal(
             f"The Hub repository {path!r} holds only pickle weights ({', '.join(found)})", model_class
         ) from cause
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+CHECKSUMS_NAME = "checksums.json"  # written by ptum_hf.hub beside the weights; transformers never reads it
+_CHECKSUMS_FORMAT = "ptum-checksums"
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def _is_plain_file_name(name) -> bool:
+    """A file name that stays in the folder it is joined to, on POSIX and Windows: no separator, no `..`, no drive."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(char in name for char in "/\\\0")
+        and not ntpath.splitdrive(name)[0]
+    )
+
+
+def _is_within(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # different drives
+        return False
+
+
+def _hub_cache_blobs(folder: str) -> str | None:
+    """The `blobs` folder of a Hub cache repository if `folder` is (inside) one of its snapshots: the cache's files
+    are symlinks from `models--org--name/snapshots/<commit>/` to `models--org--name/blobs/`."""
+    folder = os.path.abspath(folder)
+    while True:
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        if os.path.basename(parent) == "snapshots" and os.path.basename(os.path.dirname(parent)).startswith("models--"):
+            return os.path.join(os.path.dirname(parent), "blobs")
+        folder = parent
+
+
+def _read_json(path: str, what: str):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot read the {what} {path!r}: {error}") from error
+
+
+def _check_weight_map(index_path: str) -> list[str]:
+    """Refuse a sharded index whose `weight_map` could make transformers read a file outside the index's folder (it
+    joins each entry to the folder as it is: `../x` or an absolute path would be followed). Returns the shard names."""
+    index = _read_json(index_path, "sharded-checkpoint index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise OSError(f"the sharded-checkpoint index {index_path!r} has no weight_map object")
+    folder = os.path.dirname(os.path.abspath(index_path))
+    roots = [os.path.realpath(folder)]
+    blobs = _hub_cache_blobs(folder)
+    if blobs is not None:
+        roots.append(os.path.realpath(blobs))
+    shards = sorted({value for value in weight_map.values() if isinstance(value, str)})
+    for key, value in weight_map.items():
+        if not _is_plain_file_name(value):
+            raise OSError(
+                f"refusing the sharded-checkpoint index {index_path!r}: its weight_map entry {key!r} -> {value!r} is "
+                "not a plain file name in the checkpoint's folder (no path separators, '..', absolute paths or "
+                "drives), so it could make the loader read a file outside the checkpoint"
+            )
+    for name in shards:
+        shard = os.path.join(folder, name)
+        if os.path.islink(shard) and not any(_is_within(os.path.realpath(shard), root) for root in roots):
+            key = next(key for key, value in weight_map.items() if value == name)
+            raise OSError(
+                f"refusing the sharded-checkpoint index {index_path!r}: its weight_map entry {key!r} -> {name!r} is "
+                f"a symlink to {os.path.realpath(shard)!r}, outside the checkpoint's folder"
+            )
+    return shards
+
+
+def _index_names(variant: str | None, pickle_allowed: bool) -> list[str]:
+    names = [
+        name
+        for name in (*_SAFE_WEIGHTS_NAMES, *(_PICKLE_WEIGHTS_NAMES if pickle_allowed else ()))
+        if name.endswith(".index.json")
+    ]
+    return [_with_variant(name, variant) for name in names]
+
+
+def _check_checkpoint_files(path, kwargs: dict, pickle_allowed: bool):
+    """The checks `from_pretrained` runs before transformers reads a weight: sharded indexes (local folders and Hub
+    repositories) and, in local folders, `checksums.json`."""
+    if kwargs.get("gguf_file") is not None or kwargs.get("state_dict") is not None:
+        return
+    path = os.fspath(path)
+    subfolder = kwargs.get("subfolder") or ""
+    variant = kwargs.get("variant")
+    if os.path.isfile(os.path.join(subfolder, path)):
+        return  # a weights file given directly: no index, no manifest
+    if os.path.isdir(path):
+        folder = os.path.join(path, subfolder) if subfolder else path
+        for name in _index_names(variant, pickle_allowed):
+            if os.path.isfile(os.path.join(folder, name)):
+                _check_weight_map(os.path.join(folder, name))
+        verify_checksums(folder, variant)
+        return
+    _check_hub_indexes(path, kwargs, _index_names(variant, pickle_allowed))
+
+
+def _check_hub_indexes(repo_id: str, kwargs: dict, names: list[str]):
+    """Check the sharded index a Hub repository would be loaded from, as the cache resolves it.
+
+    The revision is first resolved to a commit, as transformers >= 5 does, and pinned in `kwargs`, so that transformers
+    then reads the same index. When it cannot be resolved (no network, unknown repo), only the cache is looked at: that
+    is where transformers then falls back to. Costs at most one request per index name (none when the cache already
+    knows the file or its absence); every failure is left to transformers to report.
+    """
+    try:
+        from transformers.utils.hub import cached_file
+    except ImportError:
+        return
+    local_only = bool(kwargs.get("local_files_only"))
+    try:
+        from transformers.utils.hub import resolve_revision
+    except ImportError:  # transformers 4: each download resolves the revision again
+        resolve_revision = None
+    if resolve_revision is not None:
+        try:
+            revision = resolve_revision(
+                repo_id,
+                kwargs.get("revision"),
+                token=kwargs.get("token"),
+                local_files_only=local_only,
+                cache_dir=kwargs.get("cache_dir"),
+            )
+        except Exception:
+            revision = kwargs.get("revision")
+        pinned = getattr(revision, "resolved", None) is not None or (
+            isinstance(revision, str) and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
+        )
+        if revision is not None:
+            kwargs["revision"] = revision
+        local_only = local_only or not pinned
+    for name in names:
+        try:
+            resolved = cached_file(
+                repo_id,
+                name,
+                subfolder=kwargs.get("subfolder") or "",
+                revision=kwargs.get("revision"),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.get("token"),
+                proxies=kwargs.get("proxies"),
+                local_files_only=local_only,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                _raise_exceptions_for_gated_repo=False,
+            )
+        except Exception:  # an invalid repo id, a gated repo: transformers reports it
+            continue
+        if resolved:
+            _check_weight_map(resolved)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_weights_file_name(name: str) -> bool:
+    return name.endswith((".safetensors", ".safetensors.index.json"))
+
+
+def _weights_files(folder: str, variant: str | None) -> list[str]:
+    """The safetensors files `from_pretrained` reads from `folder`: the single file, else the index and its shards."""
+    single = _with_variant(_SAFE_WEIGHTS_NAMES[0], variant)
+    if os.path.isfile(os.path.join(folder, single)):
+        return [single]
+    index = _with_variant(_SAFE_WEIGHTS_NAMES[1], variant)
+    if os.path.isfile(os.path.join(folder, index)):
+        return [index, *_check_weight_map(os.path.join(folder, index))]
+    return []
+
+
+def write_checksums(folder) -> str | None:
+    """Write `checksums.json` into `folder`: the sha256 of every safetensors weights file there (shards and their
+    index included), which `from_pretrained` verifies before loading. Returns its path, or `None` (and writes
+    nothing) when the folder has no safetensors file."""
+    folder = os.fspath(folder)
+    names = sorted(
+        name
+        for name in os.listdir(folder)
+        if _is_weights_file_name(name) and os.path.isfile(os.path.join(folder, name))
+    )
+    if not names:
+        return None
+    manifest = {
+        "format": _CHECKSUMS_FORMAT,
+        "version": 1,
+        "algorithm": "sha256",
+        "files": {name: _sha256(os.path.join(folder, name)) for name in names},
+    }
+    path = os.path.join(folder, CHECKSUMS_NAME)
+    tmp = os.path.join(folder, f".tmp-{CHECKSUMS_NAME}.{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:  # open(): the umask's mode, as config.json
+            json.dump(manifest, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _read_checksums(path: str) -> dict[str, str]:
+    manifest = _read_json(path, "checksum manifest")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != _CHECKSUMS_FORMAT
+        or manifest.get("algorithm") != "sha256"
+        or not isinstance(files, dict)
+    ):
+        raise OSError(
+            f"the checksum manifest {path!r} is not one ptum_hf writes (format {_CHECKSUMS_FORMAT!r}, algorithm "
+            "'sha256', a 'files' object); delete it to load the checkpoint without verification"
+        )
+    for name, digest in files.items():
+        if not _is_plain_file_name(name) or not isinstance(digest, str) or len(digest) != 64:
+            raise OSError(f"the checksum manifest {path!r} has an invalid entry {name!r}: {digest!r}")
+    return {name: digest.lower() for name, digest in files.items()}
+
+
+def verify_checksums(folder, variant: str | None = None):
+    """If `folder` has a `checksums.json`, check the sha256 of every weights file `from_pretrained` would read there
+    (streamed in 1 MiB chunks); raise an `OSError` naming the first file that differs or that the manifest does not
+    list. A folder without the manifest (older checkpoints, Trainer checkpoints, plain `save_pretrained`) passes."""
+    folder = os.fspath(folder)
+    path = os.path.join(folder, CHECKSUMS_NAME)
+    if not os.path.isfile(path):
+        return
+    expected = _read_checksums(path)
+    for name in _weights_files(folder, variant):
+        if name not in expected:
+            raise OSError(
+                f"{os.path.join(folder, name)!r} is not listed in {path!r}: the manifest is stale or incomplete. "
+                f"Save the checkpoint again, or delete {CHECKSUMS_NAME} to load it without verification"
+            )
+        actual = _sha256(os.path.join(folder, name))
+        if actual != expected[name]:
+            raise OSError(
+                f"{os.path.join(folder, name)!r} does not match the sha256 recorded in {path!r} (expected "
+                f"{expected[name]}, got {actual}): the file was corrupted or changed after it was saved"
+            )
+
+
+def _match_config_permissions(folder, variant: str | None):
+    """Give the weights files just saved the permission bits of `config.json`, which is written with `open()` and
+    so honours the umask. safetensors >= 0.8 writes through a temporary file created 0600 and renames it, leaving the
+    weights the one file of a checkpoint that other users cannot read (safetensors issue #782)."""
+    folder = os.fspath(folder)
+    try:
+        mode = os.stat(os.path.join(folder, "config.json")).st_mode & 0o666
+    except OSError:
+        return
+    for name in _weights_files(folder, variant):
+        target = os.path.join(folder, name)
+        try:
+            if not os.path.islink(target) and os.stat(target).st_mode & 0o777 != mode:
+                os.chmod(target, mode)
+        except OSError:  # a file system without POSIX permissions, or a file that is not ours: leave it as it is
+            pass
 
 
 class PTUMModel(PTUMPreTrainedModel):
@@ -905,9 +1206,28 @@ def _candidate_loss(user: torch.Tensor, candidates: torch.Tensor, labels: torch.
     return logits, loss, accuracy
 
 
+def _table_loss(user: torch.Tensor, table: torch.Tensor, targets: torch.Tensor | None):
+    """Dot-product scores of (B, D) users against every row of the (M, D) behavior table; each of a user's
+    (B, T) target rows (-1: none) is one softmax cross-entropy over the M rows.
+
+    Returns (logits (B, M), mean loss over targets, share of users whose top-scored row is one of their targets)."""
+    logits = user @ table.T
+    if targets is None:
+        return logits, None, None
+    valid = targets >= 0
+    log_probs = logits.float().log_softmax(-1).gather(1, targets.clamp(min=0))
+    loss = -(log_probs * valid).sum() / valid.sum().clamp(min=1)
+    hit = ((targets == logits.argmax(-1, keepdim=True)) & valid).any(-1)
+    users = valid.any(-1)
+    accuracy = (hit & users).sum().float() / users.sum().clamp(min=1)
+    return logits, loss, accuracy.detach()
+
+
 class PTUMForPretraining(PTUMPreTrainedModel):
     """PTUM with its two self-supervised tasks: masked behavior prediction (MBP) and next-K behaviors prediction
-    (NBP). Loss = MBP + lambda * NBP, each a softmax over the positive and P negatives scored by dot product."""
+    (NBP). Loss = MBP + lambda * NBP, each a softmax over the positive and P negatives scored by dot product. With
+    `config.use_bag`, a third task: bag prediction (every behavior of a partly hidden history, scored against the
+    whole behavior table of the batch)."""
 
     def __init__(self, config: PTUMConfig):
         super().__init__(config)
@@ -927,6 +1247,9 @@ class PTUMForPretraining(PTUMPreTrainedModel):
         nbp_history_time_gaps: torch.Tensor | None = None,
         nbp_candidate_indices: torch.LongTensor | None = None,
         nbp_labels: torch.LongTensor | None = None,
+        bag_history_indices: torch.LongTensor | None = None,
+        bag_history_time_gaps: torch.Tensor | None = None,
+        bag_target_indices: torch.LongTensor | None = None,
         behavior_embeddings: torch.FloatTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -940,6 +1263,8 @@ class PTUMForPretraining(PTUMPreTrainedModel):
             nbp_history_indices (`(batch_size, n2)`): the history before the next K behaviors.
             nbp_candidate_indices (`(batch_size, num_next, num_negatives + 1)`): each next behavior and negatives.
             nbp_labels (`(batch_size, num_next)`): positions of the positives; -100 to ignore.
+            bag_history_indices (`(batch_size, n3)`): the history with some slots hidden (-1), for `config.use_bag`.
+            bag_target_indices (`(batch_size, t)`): rows of the behaviors to predict from it (-1: none).
             *_history_time_gaps (same shape as the history): seconds to the view's reference time.
             return_dict (`bool`, *optional*): `False` returns `output.to_tuple()` (see `PTUMModel.forward`).
         """
@@ -960,6 +1285,11 @@ class PTUMForPretraining(PTUMPreTrainedModel):
             _check_indices(nbp_history_indices, num, "nbp_history_indices")
             _check_indices(nbp_candidate_indices, num, "nbp_candidate_indices")
             views["nbp"] = (nbp_history_indices, nbp_history_time_gaps)
+        if self.config.use_bag and bag_history_indices is not None:
+            _check_indices(bag_history_indices, num, "bag_history_indices")
+            if bag_target_indices is not None:
+                _check_indices(bag_target_indices, num, "bag_target_indices")
+            views["bag"] = (bag_history_indices, bag_history_time_gaps)
         users = dict(zip(views, self.ptum.encode_user_views(behavior_embeddings, list(views.values()))))
         for task, candidate_indices, labels in (
             ("mbp", mbp_candidate_indices, mbp_labels),
@@ -972,6 +1302,11 @@ class PTUMForPretraining(PTUMPreTrainedModel):
             fields.update({f"{task}_logits": logits, f"{task}_loss": loss, f"{task}_accuracy": accuracy})
             if loss is not None:
                 losses.append(loss if task == "mbp" else self.config.nbp_weight * loss)
+        if "bag" in users:
+            logits, loss, accuracy = _table_loss(users["bag"], behavior_embeddings, bag_target_indices)
+            fields.update({"bag_logits": logits, "bag_loss": loss, "bag_accuracy": accuracy})
+            if loss is not None:
+                losses.append(self.config.bag_weight * loss)
         # Every field is given at construction: a `ModelOutput` field set later is not placed in field order (loss
         # would not come first in `to_tuple()`), nor, in transformers 4.x, among the output's keys at all.
         output = PTUMForPretrainingOutput(loss=sum(losses) if losses else None, **fields)

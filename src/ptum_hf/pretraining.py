@@ -8,8 +8,9 @@ Shape of Accelerate's `examples/nlp_example.py`: seed, build data and model, one
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m ptum_hf.cli pretrain ...  # 2 CPU processes
 
 (`accelerate launch --num_processes 2 --cpu` starts a single process: Accelerate's multi-CPU launch needs torchrun, as
-above, or mpirun.) A run killed at any point resumes exactly with `--resume_from_checkpoint latest`; `--ddp_timeout`
-bounds how long a process waits for one that died or hangs.
+above, or mpirun.) A run killed at any point resumes exactly with `--resume_from_checkpoint latest`, or stops with an
+error naming the checkpoint file it cannot restore; `--ddp_timeout` bounds how long a process waits for one that died
+or hangs. One run at a time per `--output_dir`: a second one stops at once, naming the first (`ptum_hf.locking`).
 """
 
 import csv
@@ -17,6 +18,8 @@ import importlib.util
 import json
 import math
 import os
+import pickle
+import random
 import re
 import shutil
 import time
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.tracking import GeneralTracker
@@ -32,10 +36,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .atomic import atomic_directory, atomic_write_json
+from .atomic import atomic_directory, atomic_write_json, remove_leftovers
 from .configuration_ptum import PRESETS, PTUMConfig
 from .data import PretrainingCollator, SeededCollator, UserRows, load_behavior_data, load_tokenizer
 from .data.splits import split_users
+from .locking import output_lock
 from .modeling_ptum import PTUMForPretraining
 
 
@@ -125,6 +130,7 @@ class PretrainingArguments:
             raise ValueError(f"config_overrides must be a JSON object; got {self.config_overrides!r}")
 
 
+TASK_METRICS = ("mbp_loss", "nbp_loss", "bag_loss", "mbp_accuracy", "nbp_accuracy", "bag_accuracy")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 
 
@@ -163,7 +169,7 @@ def evaluate(model, dataloader, accelerator) -> dict:
     with torch.no_grad():
         for batch in dataloader:
             out = model(**batch)
-            values = {k: getattr(out, k) for k in ("loss", "mbp_loss", "nbp_loss", "mbp_accuracy", "nbp_accuracy")}
+            values = {k: getattr(out, k) for k in ("loss", *TASK_METRICS)}
             for key, value in values.items():
                 if value is not None:
                     totals[key] = totals.get(key, 0.0) + accelerator.gather(value.detach().float()[None]).mean().item()
@@ -205,6 +211,7 @@ def pretraining_collator(data, tokenizer, config, seed: int = 0, token_cache=Non
         num_negatives=config.num_negatives,
         num_next=config.num_next,
         max_behaviors=config.max_behaviors,
+        bag_dropout=config.bag_dropout if config.use_bag else None,
         seed=seed,
     )
 
@@ -250,6 +257,107 @@ def build_tracker(report_to: str, output_dir):
     return CSVTracker("ptum", output_dir)
 
 
+def rng_state_file(accelerator) -> str:
+    """The file `save_state` writes this process's random states to."""
+    from accelerate.utils.constants import RNG_STATE_NAME
+
+    return f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl"
+
+
+def check_checkpoint(checkpoint: Path, accelerator) -> dict:
+    """Before anything is loaded: the files `accelerator.load_state` reads for this process are all in `checkpoint`,
+    and this process's random states load and are valid. Returns those states (`check_rng_restored` compares them
+    after `load_state`, which only logs when it cannot restore them).
+
+    Raises `FileNotFoundError` naming the missing files, or `ValueError` naming a random-state file that does not
+    load (garbage, a pickle that is not an RNG state, or one with code in it: loaded with `weights_only=True`).
+    """
+    from accelerate.utils import DistributedType
+    from accelerate.utils.constants import MODEL_NAME, OPTIMIZER_NAME, SAFE_WEIGHTS_NAME, SCALER_NAME, SCHEDULER_NAME
+
+    checkpoint = Path(checkpoint)
+    required = [checkpoint / rng_state_file(accelerator)]
+    sharded = (DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM)
+    if accelerator.distributed_type not in sharded:  # those keep the model and optimizer in their own layout
+        weights = checkpoint / SAFE_WEIGHTS_NAME
+        if not weights.is_file() and (checkpoint / f"{MODEL_NAME}.bin").is_file():
+            weights = checkpoint / f"{MODEL_NAME}.bin"
+        required += [weights, checkpoint / f"{OPTIMIZER_NAME}.bin", checkpoint / f"{SCHEDULER_NAME}.bin"]
+    if accelerator.scaler is not None:
+        required.append(checkpoint / SCALER_NAME)
+    missing = [str(path) for path in required if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"cannot resume from {checkpoint}: {', '.join(missing)} missing")
+    return load_rng_states(required[0])
+
+
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
+
+
+def load_rng_states(path) -> dict:
+    """The random states `save_state` wrote to `path`, loaded as `load_state` loads them, and checked: each one is
+    accepted by a generator of its kind. Raises `ValueError` naming `path` otherwise."""
+    from accelerate.utils import is_cuda_available
+    from accelerate.utils import load as accelerate_load
+
+    def refuse(why):
+        return ValueError(
+            f"cannot resume: {path} is not a valid random-state file ({why}); the run would not "
+            "continue exactly. Resume from another checkpoint or start over"
+        )
+
+    try:
+        states = accelerate_load(path)  # weights_only=True: a pickle that would run code is refused, not run
+    except pickle.UnpicklingError as error:
+        why = "it does not load with torch.load(weights_only=True): damaged, or not only tensors and plain values"
+        raise refuse(why) from error
+    except Exception as error:
+        raise refuse(f"{type(error).__name__}: {str(error)[:300]}") from error
+    if not isinstance(states, dict):
+        raise refuse(f"it holds a {type(states).__name__}, not a dict of states")
+    keys = RNG_KEYS + (("torch_cuda_manual_seed",) if is_cuda_available() else ())
+    absent = [key for key in keys if key not in states]
+    if absent == ["torch_cuda_manual_seed"]:
+        raise refuse("it has no CUDA random states: saved where CUDA was not available")
+    if absent:
+        raise refuse(f"{', '.join(absent)} missing")
+    try:
+        random.Random().setstate(states["random_state"])
+        np.random.RandomState().set_state(states["numpy_random_seed"])
+        torch.Generator().set_state(states["torch_manual_seed"])
+        if is_cuda_available():
+            cuda = states["torch_cuda_manual_seed"]
+            if not isinstance(cuda, (list, tuple)) or not all(
+                isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda
+            ):
+                raise TypeError("torch_cuda_manual_seed is not a list of byte tensors")
+    except Exception as error:
+        raise refuse(f"{type(error).__name__}: {error}") from error
+    return states
+
+
+def check_rng_restored(states: dict, path) -> None:
+    """After `load_state`: the global generators hold the states of `path` (accelerate only logs a failure)."""
+    from accelerate.utils import is_cuda_available
+
+    numpy_now, numpy_saved = np.random.get_state(), states["numpy_random_seed"]
+    restored = {
+        "random_state": random.getstate() == tuple(states["random_state"]),
+        "numpy_random_seed": numpy_now[0] == numpy_saved[0]
+        and np.array_equal(numpy_now[1], numpy_saved[1])
+        and tuple(numpy_now[2:]) == tuple(numpy_saved[2:]),
+        "torch_manual_seed": torch.equal(torch.get_rng_state(), states["torch_manual_seed"]),
+    }
+    if is_cuda_available():
+        restored["torch_cuda_manual_seed"] = all(
+            torch.equal(now, saved.cpu())
+            for now, saved in zip(torch.cuda.get_rng_state_all(), states["torch_cuda_manual_seed"])
+        )
+    failed = [key for key, ok in restored.items() if not ok]
+    if failed:
+        raise RuntimeError(f"cannot resume: the random states of {path} ({', '.join(failed)}) were not restored")
+
+
 def save_checkpoint(accelerator, args, step: int, epoch: int, step_in_epoch: int, tokenizer=None):
     """save_state into a temporary folder, then rename: a kill mid-write leaves nothing that resume would pick."""
     final = Path(args.output_dir) / "checkpoints" / f"step_{step}"
@@ -266,7 +374,11 @@ def save_checkpoint(accelerator, args, step: int, epoch: int, step_in_epoch: int
 
 
 def pretrain(args: PretrainingArguments, card_data=None) -> Path:
-    """Run pre-training; returns the folder holding the final model, tokenizer, config and card."""
+    """Run pre-training; returns the folder holding the final model, tokenizer, config and card.
+
+    The run holds the lock of `output_dir` from start to end (only the main process takes it): a second run on the
+    same folder stops with `OutputInUseError` before it reads any data.
+    """
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     tracker = build_tracker(args.report_to, args.output_dir)
@@ -286,9 +398,31 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
             f"launched as {world_size} processes but Accelerate did not set up distributed training; on CPU run "
             "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m ptum_hf.cli pretrain ..."
         )
+    with output_lock(
+        args.output_dir, main_process=accelerator.is_main_process, num_processes=accelerator.num_processes
+    ):
+        if accelerator.is_main_process:
+            remove_run_leftovers(args.output_dir)
+        accelerator.wait_for_everyone()  # the others list the checkpoints once those are settled
+        return _pretrain(args, card_data, accelerator, tracker)
+
+
+def remove_run_leftovers(output_dir) -> list[str]:
+    """What killed runs left in `output_dir`: temporary checkpoint and model folders (call under its lock, before
+    the run writes anything)."""
+    output_dir = Path(output_dir)
+    removed = remove_leftovers(output_dir, untagged=("model", "tokenizer"))
+    removed += remove_leftovers(output_dir / "checkpoints", untagged=lambda name: bool(CHECKPOINT_PATTERN.match(name)))
+    for folder in ("model", "logs"):
+        removed += remove_leftovers(output_dir / folder)
+    return removed
+
+
+def _pretrain(args: PretrainingArguments, card_data, accelerator, tracker) -> Path:
     set_seed(args.seed)
 
     checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    rng_states = check_checkpoint(checkpoint, accelerator) if checkpoint is not None else None
     with accelerator.main_process_first():
         data = load_behavior_data(args.dataset, args.data_dir, args.num_users, args.synthetic_seed)
         tokenizer = run_tokenizer(args, data, accelerator, checkpoint)
@@ -338,7 +472,11 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
 
     step, start_epoch, skip = 0, 0, 0
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        try:
+            accelerator.load_state(str(checkpoint))
+        except Exception as error:
+            raise RuntimeError(f"cannot resume from {checkpoint}: {type(error).__name__}: {error}") from error
+        check_rng_restored(rng_states, checkpoint / rng_state_file(accelerator))
         progress = json.loads((checkpoint / "progress.json").read_text())
         step, start_epoch, skip = progress["step"], progress["epoch"], progress["step_in_epoch"]
         accelerator.print(f"resumed from {checkpoint} at step {step} (epoch {start_epoch}, batch {skip})")
@@ -380,7 +518,7 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
                 progress_bar.update(1)
                 if step % args.logging_steps == 0:
                     logs = {"loss": out.loss.item(), "lr": scheduler.get_last_lr()[0], "epoch": epoch}
-                    for key in ("mbp_loss", "nbp_loss", "mbp_accuracy", "nbp_accuracy"):
+                    for key in TASK_METRICS:
                         if getattr(out, key) is not None:
                             logs[key] = getattr(out, key).item()
                     logs["data_wait_share"] = wait_time / max(time.perf_counter() - run_start, 1e-9)

@@ -213,6 +213,9 @@ class PretrainingCollator(BehaviorCollatorBase):
         `nbp_candidate_indices` (B, K, P+1), `nbp_labels` (B, K): for the k-th next behavior (k = 0 first after the
             history), it and P negatives in random order, and its position; -100 where unavailable.
     Candidates of a -100 example point at row 0 (valid, ignored by the loss).
+    With `bag_dropout` (`PTUMConfig.use_bag`), also bag prediction: `bag_history_indices`, `bag_history_time_gaps`
+        (B, N1): the MBP window unmasked, each behavior hidden (-1) with probability `bag_dropout` (at least one
+        stays); `bag_target_indices` (B, N1): every behavior of the window (-1 padding).
 
     Negatives (see `NegativeSampler`): `negative_sampling="occurrence"` (default, the paper's: any event of the corpus,
     via `negative_sampler`), `"uniform"` (distinct behaviors), or `"batch"` (the other users' events in the
@@ -232,10 +235,13 @@ class PretrainingCollator(BehaviorCollatorBase):
     num_next: int = 2
     negative_sampling: str = "occurrence"
     text_buffer_size: int = 100_000
+    bag_dropout: float | None = None
     _buffer: deque | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.bag_dropout is not None and not 0.0 <= self.bag_dropout < 1.0:
+            raise ValueError(f"bag_dropout must be in [0, 1) or None, got {self.bag_dropout!r}")
         if self.negative_sampling not in NEGATIVE_SAMPLING:
             raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {self.negative_sampling!r}")
         if self.num_negatives < 1 or self.num_next < 1:
@@ -267,6 +273,7 @@ class PretrainingCollator(BehaviorCollatorBase):
 
         # MBP: mask one slot of the last max_behaviors behaviors.
         mbp_ids, mbp_gaps, width = self.windows(events, starts, starts + n, self.max_behaviors)
+        window = mbp_ids.copy()
         mbp_ok = n >= 2
         slot = (rng.random(B) * width).astype(np.int64)
         mbp_positive = mbp_ids[users, slot]
@@ -285,6 +292,7 @@ class PretrainingCollator(BehaviorCollatorBase):
         negatives, impossible = self.negatives(events, positives, owners, rng)
         candidates, labels = _place(positives, negatives, rng)
         labels[impossible] = IGNORE_INDEX
+        bag = self.bag_view(window, width, mbp_gaps, rng) if self.bag_dropout is not None else {}
 
         mbp_candidates = np.zeros((B, P + 1), np.int64)
         mbp_labels = np.full(B, IGNORE_INDEX, np.int64)
@@ -310,7 +318,21 @@ class PretrainingCollator(BehaviorCollatorBase):
             nbp_history_time_gaps=nbp_gaps,
             nbp_candidate_indices=nbp_candidates,
             nbp_labels=nbp_labels,
+            **{key: self.rows(table, value) if key != "bag_history_time_gaps" else value for key, value in bag.items()},
         )
+
+    def bag_view(self, window: np.ndarray, width: np.ndarray, gaps: np.ndarray, rng) -> dict[str, np.ndarray]:
+        """Bag prediction: the window with each behavior hidden (-1) with probability `bag_dropout` (the most recent
+        one stays when all would go), and every behavior of the window as a target. Ids; rows are taken later."""
+        valid = window >= 0
+        hide = valid & (rng.random(window.shape) < self.bag_dropout)
+        nothing_left = ~(valid & ~hide).any(1)
+        hide[np.nonzero(nothing_left)[0], np.maximum(width[nothing_left] - 1, 0)] = False
+        return {
+            "bag_history_indices": np.where(hide, PAD_INDEX, window),
+            "bag_history_time_gaps": gaps,
+            "bag_target_indices": window,
+        }
 
     def negatives(self, events: _Events, positives, owners, rng):
         """(R, P) negatives for the positives, and which ones are impossible (no other behavior to draw)."""

@@ -13,14 +13,22 @@ Refused:
     - a missing column (the error lists the file's columns and the closest match), or two columns mapped to one name;
     - bytes that are not valid in `encoding` (default UTF-8; pass `encoding="latin-1"` for such files);
     - malformed CSV/JSON, a JSON line that is not an object, per-user list rows whose lists differ in length;
+    - a CSV/TSV field longer than 16 MiB (`readers.MAX_FIELD_CHARS` characters), in the header or in any column;
+      a file without a header line is refused as missing its columns (the error says the first line looks like data);
+    - a Parquet `user_id` column whose type is not string or integer (float, bool, ...);
     - a timestamp that is neither missing nor parseable (e.g. "yesterday"), or infinite;
-    - in a labels table: a repeated or missing user id, or a value outside `label_classes` (unless
-      `invalid_labels="missing"`);
+    - in a labels table: a repeated or missing user id, an id that is not a string or an integer, a NUL byte in an id
+      or a label, or a value outside `label_classes` (unless `invalid_labels="missing"`);
     - a log from which no event is kept.
 Handled and counted:
     - missing user id, text or timestamp (empty, null, NaN, "nan", "null", "NA"...): the event is dropped
       (`dropped_events["missing_user_id" | "missing_text" | "missing_timestamp"]`);
-    - a negative timestamp: dropped (`"negative_timestamp"`);
+    - a user id that is neither a string nor an integer (in JSON: `1.0`, `true`, a list or an object): dropped
+      (`"invalid_user_id"`), with a note naming the first one;
+    - a NUL character (`\\x00`) in a user id or text: dropped (`"nul_byte"`), with a note naming the first one;
+    - a timestamp before 1970-01-01 (negative): dropped (`"negative_timestamp"`); at or after 2100-01-01 (e.g. a
+      time in milliseconds read as seconds, or a 9999-12-31 placeholder): dropped (`"timestamp_after_2100"`), with a
+      note naming the first one and, for a number, the smaller `timestamp_unit` that would put it in range;
     - the same (user, time, text) again: the repeat is dropped (`"duplicate_event"`);
     - events not in time order: each user's events are sorted by time (`users_reordered`); events with the same
       time keep their input order (`tied_timestamps`), both are kept;
@@ -32,9 +40,14 @@ Handled and counted:
       `max_text_chars` (default 1000) is cut (`texts_truncated`) and kept;
     - labels: a user without a labels row or with an empty value has the label missing (`missing_labels`).
 
-Times: numbers are unix time in `timestamp_unit` (default seconds; fractions are floored), strings holding numbers
-too; other strings are dates parsed by pandas (ISO 8601, or `timestamp_format`); dates without a zone are UTC.
-Stored as int64 unix seconds.
+Not data, not counted: a UTF-8 byte order mark at the start of a CSV/TSV/JSON lines file is skipped.
+
+User ids: strings are stripped; integers are written in decimal, so JSON `1` and `"1"` (or a Parquet integer 1 and a
+string "1") are the same user, while the strings "1" and "1.0" are two users.
+
+Times: numbers are unix time in `timestamp_unit` (default seconds; fractions are floored; the unit is never guessed),
+strings holding numbers too; other strings are dates parsed by pandas (ISO 8601, or `timestamp_format`); dates
+without a zone are UTC. Stored as int64 unix seconds; kept only in [1970-01-01, 2100-01-01).
 
 Vocabulary: `BehaviorDataset.behaviors` holds each distinct (normalised) text once, in order of first appearance
 after sorting; `users["behavior_ids"]` index it. Users keep their order of first appearance in the input.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .events import normalise_ids
+from .events import classify_ids
 from .readers import ROW, Source, detect_format, iter_chunks
 from .report import IngestReport
 
@@ -29,7 +29,8 @@ def read_labels(
     label_columns: Sequence[str] | None = None,
     encoding: str = "utf-8",
 ) -> LabelTable:
-    """Read a labels table (path in any supported format, or a DataFrame); refuses repeated user ids."""
+    """Read a labels table (path in any supported format, or a DataFrame); refuses a missing, repeated or invalid
+    user id (not a string or an integer, or holding a NUL byte): a labels row cannot be dropped without a word."""
     if isinstance(labels, pd.DataFrame):
         source = Source("<labels DataFrame>", "frame")
         frame = labels.rename(columns={k: v for k, v in (column_map or {}).items() if k in labels.columns})
@@ -48,11 +49,16 @@ def read_labels(
     )
     if not names:
         raise source.error("the labels table has no label column besides 'user_id'")
-    user_ids = normalise_ids(frame["user_id"])
-    if user_ids.isna().any():
-        raise source.error(
-            "missing user id", row=int(frame[ROW].iloc[int(np.argmax(user_ids.isna()))]), column="user_id"
-        )
+    user_ids, problems = classify_ids(frame["user_id"])
+    if problems.notna().any():
+        position = int(np.argmax(problems.notna().to_numpy()))
+        value = frame["user_id"].iloc[position]
+        message = {
+            "missing_user_id": "missing user id",
+            "invalid_user_id": f"user id {value!r} of type {type(value).__name__} is not a string or an integer",
+            "nul_byte": "the user id holds a NUL byte (\\x00)",
+        }[problems.iloc[position]]
+        raise source.error(message, row=int(frame[ROW].iloc[position]), column="user_id")
     repeated = user_ids.duplicated().to_numpy()
     if repeated.any():
         position = int(np.argmax(repeated))
@@ -87,6 +93,11 @@ def encode_labels(
     encoded, classes = {}, {}
     for name in [c for c in table.raw.columns if c != ROW]:
         keys = [_label_key(v) for v in table.raw[name].tolist()]
+        nul = [k is not None and "\x00" in k for k in keys]
+        if any(nul):
+            raise table.source.error(
+                "the label value holds a NUL byte (\\x00)", row=int(table.raw[ROW].iloc[nul.index(True)]), column=name
+            )
         if label_classes is not None and name in label_classes:
             names = list(label_classes[name])
         else:

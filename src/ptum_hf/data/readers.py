@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import difflib
 import glob
@@ -9,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +32,12 @@ FORMATS = {
     ".pq": "parquet",
 }
 ROW = "_row"  # column holding where a record came from (see `Source.locate`)
+# The longest CSV/TSV field read, in characters (16 MiB); a longer one is refused with its file, line and column. A
+# field this long is almost always a broken file (e.g. an unclosed quote that swallowed the lines after it), and
+# Python's csv module, which reads the header and finds line numbers, refuses fields over 128 KiB unless told.
+MAX_FIELD_CHARS = 16 * 2**20
+BOM = "\ufeff"
+_CSV_LIMIT_LOCK = threading.Lock()
 
 
 def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -145,19 +154,40 @@ def check_columns(source: Source, found: Sequence[str], required: Sequence[str],
     missing = [name for name in required if name not in found]
     if not missing:
         return
+    found = [str(f) for f in found]
     hints = []
     for name in missing:
-        close = difflib.get_close_matches(name, [str(f) for f in found], n=1, cutoff=0.5)
+        close = difflib.get_close_matches(name, [f for f in found if len(f) < 200], n=1, cutoff=0.5)
         if close:
             hints.append(f"column_map={{{close[0]!r}: {name!r}}}")
     hint = (
         f"; did you mean {' / '.join(hints)}?" if hints else "; rename them with column_map={'<file column>': '<name>'}"
     )
+    if source.format in ("csv", "tsv") and len(missing) == len(required) and any(map(_looks_like_data, found)):
+        hint += (
+            f"; the first line looks like data: the file needs a header line naming its columns ({', '.join(required)})"
+        )
+    shown = ", ".join(_show_name(f) for f in found[:20]) + (f" and {len(found) - 20} more" if len(found) > 20 else "")
     raise BehaviorLogError(
-        f"missing column(s) {', '.join(map(repr, missing))}; the file has {', '.join(map(repr, map(str, found)))}"
-        f" (column_map={column_map!r}){hint}",
+        f"missing column(s) {', '.join(map(repr, missing))}; the file has {shown} (column_map={column_map!r}){hint}",
         path=source.path,
     )
+
+
+def _show_name(name: str) -> str:
+    """A column name for a message: repr, long ones cut (a header-less file's first field can be a whole text)."""
+    return repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name):,} characters)"
+
+
+def _looks_like_data(name: str) -> bool:
+    """A "column name" that is a number or a long text: the file probably has no header line."""
+    if len(name) > 60:
+        return True
+    try:
+        float(name)
+    except ValueError:
+        return False
+    return True
 
 
 def rename_columns(source: Source, columns: Sequence[str], column_map: dict | None) -> dict[str, str]:
@@ -168,7 +198,8 @@ def rename_columns(source: Source, columns: Sequence[str], column_map: dict | No
     for original, name in renamed.items():
         if name in seen:
             raise BehaviorLogError(
-                f"columns {seen[name]!r} and {original!r} both become {name!r} (check column_map={column_map!r})",
+                f"columns {_show_name(seen[name])} and {_show_name(original)} both become {_show_name(name)}"
+                f" (check column_map={column_map!r})",
                 path=source.path,
             )
         seen[name] = original
@@ -218,8 +249,11 @@ def _iter_csv(source, columns, required, column_map, chunk_size):
             on_bad_lines="error",
         )  # no usecols: with it pandas silently ignores extra fields, e.g. of an unquoted comma
         start = 0
+        may_be_long = source.path.lower().endswith(".gz") or os.path.getsize(source.path) > MAX_FIELD_CHARS
         with reader:
             for chunk in reader:
+                if may_be_long:
+                    _check_field_lengths(source, chunk, start, renamed)
                 chunk = chunk[list(wanted)].rename(columns=wanted)
                 chunk[ROW] = range(start, start + len(chunk))
                 start += len(chunk)
@@ -230,6 +264,36 @@ def _iter_csv(source, columns, required, column_map, chunk_size):
         raise BehaviorLogError(f"malformed {source.format.upper()}: {err}", path=source.path) from None
 
 
+def _check_field_lengths(source: Source, chunk: pd.DataFrame, start: int, renamed: dict[str, str]) -> None:
+    """Refuse a field longer than `MAX_FIELD_CHARS` (pandas' C parser has no limit of its own)."""
+    for name in chunk.columns:
+        lengths = chunk[name].str.len().fillna(0).to_numpy()
+        if lengths.max(initial=0) > MAX_FIELD_CHARS:
+            position = int((lengths > MAX_FIELD_CHARS).argmax())
+            raise source.error(
+                f"a field of {int(lengths[position]):,} characters is longer than the limit of {MAX_FIELD_CHARS:,}"
+                " (16 MiB; an unclosed quote?)",
+                row=start + position,
+                column=renamed.get(str(name), str(name)),
+            )
+
+
+@contextlib.contextmanager
+def _csv_field_limit():
+    """Python's csv module reads fields up to `MAX_FIELD_CHARS` inside this block (the limit is process-wide: it
+    is put back after)."""
+    with _CSV_LIMIT_LOCK:
+        previous = csv.field_size_limit(MAX_FIELD_CHARS)
+        try:
+            yield
+        finally:
+            csv.field_size_limit(previous)
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name == "utf-8"
+
+
 def _read_header(source: Source, sep: str, quoting: int) -> list[str]:
     with open_binary(source.path) as handle:
         first = handle.readline()
@@ -237,21 +301,41 @@ def _read_header(source: Source, sep: str, quoting: int) -> list[str]:
         text = first.decode(source.encoding)
     except UnicodeDecodeError:
         raise find_bad_bytes(source) from None
-    return next(csv.reader([text.rstrip("\r\n")], delimiter=sep, quoting=quoting))
+    if _is_utf8(source.encoding):
+        text = text.removeprefix(BOM)  # a byte order mark is not part of the first column's name
+    try:
+        with _csv_field_limit():
+            return next(csv.reader([text.rstrip("\r\n")], delimiter=sep, quoting=quoting))
+    except csv.Error as err:
+        if "field larger than field limit" in str(err):
+            message = (
+                f"a field of the first line is longer than {MAX_FIELD_CHARS:,} characters (16 MiB); the first line "
+                "must be a header naming the columns (e.g. user_id, timestamp, text)"
+            )
+        else:
+            message = f"cannot read the header line: {err}"
+        raise BehaviorLogError(message, path=source.path, line=1) from None
 
 
 def _csv_line_of_record(source: Source, record: int) -> int:
-    """1-based line where data record `record` (0-based, after the header) starts; quoted newlines counted."""
+    """1-based line where data record `record` (0-based, after the header) starts; quoted newlines counted, blank
+    lines skipped (as pandas does)."""
     sep = "\t" if source.format == "tsv" else ","
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-    with open_binary(source.path) as raw:
+    with open_binary(source.path) as raw, _csv_field_limit():
         text = io.TextIOWrapper(raw, encoding=source.encoding, newline="")
-        reader = csv.reader(text, delimiter=sep, quoting=quoting)
-        previous_end = 0
-        for index, _ in enumerate(reader):
-            if index == record + 1:
-                return previous_end + 1
-            previous_end = reader.line_num
+        # Python 3.10's csv module refuses NUL bytes; they never delimit or quote, so a space counts the same.
+        reader = csv.reader((line.replace("\x00", " ") for line in text), delimiter=sep, quoting=quoting)
+        previous_end, index = 0, 0
+        try:
+            for row in reader:
+                if row:  # pandas skips blank lines
+                    if index == record + 1:
+                        return previous_end + 1
+                    index += 1
+                previous_end = reader.line_num
+        except csv.Error:
+            return previous_end + 1  # a field over the limit: the record being read is the one refused for it
     return record + 2
 
 
@@ -268,6 +352,8 @@ def _iter_jsonl(source, columns, required, column_map, chunk_size):
                 line = raw.decode(source.encoding)
             except UnicodeDecodeError:
                 raise find_bad_bytes(source) from None
+            if number == 0 and _is_utf8(source.encoding):
+                line = line.removeprefix(BOM)  # a byte order mark is not part of the first record
             if not line.strip():
                 continue  # blank lines hold no record
             try:
@@ -294,7 +380,9 @@ def _jsonl_keys(source: Source, column_map: dict) -> list[str]:
     """Every key of every record, renamed, in first-seen order (labels tables: small files)."""
     keys = {}
     with open_binary(source.path) as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle):
+            if number == 0 and _is_utf8(source.encoding):
+                raw = raw.removeprefix(BOM.encode())
             if raw.strip():
                 try:
                     record = json.loads(raw.decode(source.encoding))
@@ -323,6 +411,9 @@ def _iter_parquet(source, columns, required, column_map, chunk_size):
     renamed = rename_columns(source, handle.schema_arrow.names, column_map)
     check_columns(source, list(renamed.values()), required, column_map)
     wanted = {orig: name for orig, name in renamed.items() if _keep(name, columns)}
+    for original, name in wanted.items():
+        if name == "user_id":
+            _check_id_type(source, handle.schema_arrow.field(original).type)
     start = 0
     try:
         for batch in handle.iter_batches(batch_size=chunk_size or 1_000_000, columns=list(wanted)):
@@ -336,6 +427,30 @@ def _iter_parquet(source, columns, required, column_map, chunk_size):
         ) from None
     if start == 0:
         yield pd.DataFrame({**{name: pd.Series([], dtype=object) for name in wanted.values()}, ROW: []})
+
+
+def _check_id_type(source: Source, kind: pa.DataType) -> None:
+    """A Parquet user_id column must hold strings or integers: `1.0` or `True` is not an id."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if (
+        pa.types.is_integer(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_null(kind)
+    ):
+        return
+    if hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind):
+        return
+    hint = ""
+    if pa.types.is_floating(kind):
+        hint = (
+            " (pandas stores an integer column with missing values as float: write it with "
+            "df['user_id'].astype('Int64') or as strings)"
+        )
+    raise BehaviorLogError(
+        f"user ids must be strings or integers; this column has type {kind}{hint}", path=source.path, column="user_id"
+    )
 
 
 def _arrow_to_frame(batch: pa.RecordBatch) -> pd.DataFrame:

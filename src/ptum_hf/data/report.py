@@ -18,8 +18,10 @@ class IngestReport:
         rows_read: records read from the files (a per-user row with lists counts once).
         events_read: events read (per-user list rows exploded into their events).
         events_kept: events stored in `BehaviorDataset.users`.
-        dropped_events: reason -> count (`missing_user_id`, `missing_text`, `missing_timestamp`,
-            `negative_timestamp`, `duplicate_event`, `user_too_short`; MIND: `unknown_news`).
+        dropped_events: reason -> count (`missing_user_id`, `invalid_user_id` (not a string or an integer),
+            `nul_byte` (in the user id or text), `missing_text`, `missing_timestamp`, `negative_timestamp`,
+            `timestamp_after_2100`, `duplicate_event`, `user_too_short`; MIND: `unknown_news`). Each event has one
+            reason: the first rule it breaks, in this order.
         users_read: distinct users in the log or the labels table.
         users_kept: rows of `BehaviorDataset.users`.
         dropped_users: reason -> count (`no_events`: only in the labels table or every event dropped;
@@ -29,7 +31,8 @@ class IngestReport:
         tied_timestamps: kept events with the same time as the user's previous event (kept, in input order).
         missing_labels / invalid_labels: label name -> kept users without a (valid) label.
         impressions_read / impressions_kept / dropped_impressions: the CTR task's examples, where one is built.
-        notes: anything else worth knowing about this input, in words.
+        notes: anything else worth knowing about this input, in words (e.g. where the first event dropped as
+            `invalid_user_id`, `nul_byte` or `timestamp_after_2100` was; printed by `summary`).
     """
 
     files: list[str] = field(default_factory=list)

@@ -7,6 +7,12 @@ import pandas as pd
 
 MISSING_TOKENS = frozenset({"", "nan", "NaN", "NAN", "NaT", "nat", "null", "NULL", "None", "none", "NA", "N/A"})
 UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+# The times an event may have: [1970-01-01, 2100-01-01) UTC, in unix seconds. Events outside are dropped and counted
+# by `events.clean_events` (`negative_timestamp`, `timestamp_after_2100`): a year like 33658 is a time in
+# milliseconds read as seconds, 9999-12-31 a "no date" placeholder, neither an event time.
+MIN_SECONDS = 0
+MAX_SECONDS = 4_102_444_800  # 2100-01-01T00:00:00Z
+CLIP_SECONDS = 2**62  # finite numbers beyond +-this many seconds are clipped to it (still out of range, no overflow)
 
 
 class TimestampParseError(ValueError):
@@ -24,7 +30,9 @@ def parse_timestamps(values: pd.Series, unit: str = "s", format: str | None = No
 
     Numbers (or strings holding numbers) are unix times in `unit` (`s`, `ms`, `us`, `ns`); other strings are dates
     parsed by pandas with `format` (ISO 8601 when None). Naive dates are taken as UTC. Missing: None, NaN, and
-    strings like "", "nan", "null", "NA". Anything else raises `TimestampParseError`.
+    strings like "", "nan", "null", "NA". Anything else (including an infinite number) raises `TimestampParseError`.
+    The unit is never guessed. Finite numbers too large for int64 seconds are clipped to +-`CLIP_SECONDS`, so that
+    the caller's range rule (`MIN_SECONDS`, `MAX_SECONDS`) drops them like any other time out of range.
     """
     if unit not in UNITS:
         raise ValueError(f"timestamp_unit must be one of {', '.join(UNITS)}; got {unit!r}")
@@ -74,6 +82,8 @@ def _strip_strings(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 
 def _numbers_to_seconds(numbers: np.ndarray, unit: str, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if numbers.dtype.kind == "u":
+        numbers = np.minimum(numbers, np.uint64(CLIP_SECONDS))  # above int64: would wrap around to negative
     if numbers.dtype.kind in "iu":
         return numbers.astype(np.int64) // UNITS[unit], missing
     numbers = numbers.astype(float)
@@ -83,10 +93,7 @@ def _numbers_to_seconds(numbers: np.ndarray, unit: str, missing: np.ndarray) -> 
         position = int(np.argmax(infinite))
         raise TimestampParseError(numbers[position], position, "infinite")
     finite = np.where(missing, 0.0, numbers)
-    if np.abs(finite).max(initial=0) / UNITS[unit] > 9e15:
-        position = int(np.argmax(np.abs(finite)))
-        raise TimestampParseError(numbers[position], position, "out of range for int64 seconds")
-    return np.floor(finite / UNITS[unit]).astype(np.int64), missing
+    return np.floor(np.clip(finite / UNITS[unit], -CLIP_SECONDS, CLIP_SECONDS)).astype(np.int64), missing
 
 
 def _datetimes_to_seconds(values: pd.Series) -> np.ndarray:

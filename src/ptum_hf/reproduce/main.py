@@ -3,15 +3,19 @@ invocation to `runs.jsonl`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import remove_leftovers
+from ..locking import OutputInUseError, output_lock
 from .experiments import RUNNERS
 from .jobs import Context, log, run_jobs, worker_pool
 from .plots import plot_writer
@@ -45,6 +49,22 @@ def run_header(ctx: Context, argv) -> str:
     )
 
 
+def lock_folders(stack: contextlib.ExitStack, output_dir: Path, work_dir: Path) -> None:
+    """Hold the locks of `--output_dir` and `--work_dir` for the whole invocation (this process only: its worker
+    processes run inside them and take no lock of these folders), and remove what killed runs left there."""
+    try:
+        stack.enter_context(output_lock(output_dir, "--output_dir"))
+        stack.enter_context(output_lock(work_dir, "--work_dir"))
+    except OutputInUseError as error:
+        raise SystemExit(str(error)) from None
+    remove_leftovers(output_dir)
+    # Each worker fine-tunes in `finetune/current-<pid>` and removes it when done: what is left is a killed one's,
+    # unless a worker of a killed invocation still runs there (it holds that folder's lock).
+    for folder in sorted((work_dir / "finetune").glob("current-*")):
+        with contextlib.suppress(OutputInUseError, OSError), output_lock(folder):
+            shutil.rmtree(folder)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -62,6 +82,14 @@ def main(argv=None):
     work_dir = (
         Path(args.work_dir) if args.work_dir else (output_dir / ".work" if args.quick else Path("outputs/reproduce"))
     )
+    with contextlib.ExitStack() as stack:
+        lock_folders(stack, output_dir, work_dir)  # before any data is read
+        return _run(args, argv, settings, experiments, output_dir, work_dir)
+
+
+def _run(args, argv, settings, experiments, output_dir: Path, work_dir: Path) -> dict:
+    import torch
+
     output_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(settings, output_dir, work_dir, args.quick)
     start = time.perf_counter()

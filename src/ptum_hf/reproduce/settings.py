@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 EXPERIMENTS = ("baselines", "table2", "table3", "ablation", "lambda", "k", "scale", "probe")
 DEMOGRAPHIC_PRESETS = ("han", "hura", "hsa")
@@ -112,6 +112,7 @@ class Settings:
     tokenizer_vocab_size: int = 8000
     behavior_tokens: str = "text"
     max_behaviors: int | None = None  # None: the size's own
+    config_overrides: dict = field(default_factory=dict)  # PTUMConfig fields over the size's (e.g. the objective)
     classifier_layer_norm: bool = True
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
@@ -128,6 +129,7 @@ class Settings:
             overrides["max_tokens_per_behavior"] = 1
         if self.max_behaviors is not None:
             overrides["max_behaviors"] = self.max_behaviors
+        overrides.update(self.config_overrides)
         return overrides
 
     @property
@@ -149,6 +151,10 @@ class Settings:
             (bool(self.learning_rate), f"[lr {self.learning_rate:g}]" if self.learning_rate else ""),
             (user_lr is None, "[one lr]"),
             (user_lr not in (None, DEFAULT_USER_LR), f"[user lr {user_lr:g}]" if user_lr else ""),
+            (
+                bool(self.config_overrides),
+                "(" + ", ".join(f"{k}={v}" for k, v in sorted(self.config_overrides.items())) + ")",
+            ),
             (bool(self.tag), f"{{{self.tag}}}"),
         ]
         return " ".join([preset] + [mark for wanted, mark in marks if wanted])
@@ -214,6 +220,12 @@ def parse_args(argv=None):
         type=int,
         default=None,
         help="Most recent behaviors per user the user models see (default: the size's; small: 50).",
+    )
+    parser.add_argument(
+        "--config_overrides",
+        default=None,
+        help="PTUMConfig fields set over the model size's, as a JSON object, e.g. '{\"num_negatives\": 8}'; they "
+        "are part of the pre-training's identity and show in the model's name in the tables.",
     )
     parser.add_argument(
         "--variants",
@@ -352,6 +364,8 @@ def build_settings(args) -> Settings:
     ):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    if args.config_overrides:
+        changes["config_overrides"] = parse_config_overrides(args.config_overrides)
     for name in ("user_model_learning_rate", "ctr_eval_samples"):  # 0: none (one learning rate; all rows)
         if changes.get(name) == 0:
             changes[name] = None
@@ -371,3 +385,22 @@ def build_settings(args) -> Settings:
             f"max_behaviors must be >= 2 (NBP needs a past and a next behavior); got {settings.max_behaviors}"
         )
     return settings
+
+
+def parse_config_overrides(text: str) -> dict:
+    """A JSON object of PTUMConfig fields, checked by building a config with them."""
+    import json
+
+    from ..configuration_ptum import PTUMConfig
+
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--config_overrides is not valid JSON: {error}") from None
+    if not isinstance(overrides, dict):
+        raise SystemExit(f"--config_overrides must be a JSON object; got {text!r}")
+    try:
+        PTUMConfig(**overrides).validate_ptum()
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"--config_overrides: {error}") from None
+    return overrides
