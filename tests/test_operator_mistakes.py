@@ -133,6 +133,20 @@ def script(tmp_path, source, *args, log_name) -> subprocess.Popen:
     return start([sys.executable, str(path), *map(str, args)], tmp_path / f"{log_name}.log")
 
 
+def kill_tree(pid: int):
+    """SIGKILL a process and every descendant: torchrun starts its ranks in sessions of their own, so killing the
+    launcher's process group leaves them running."""
+    pending, found = [pid], []
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            pending += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+    for victim in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
 def output_of(process) -> str:
     return process.log_path.read_text(errors="replace")
 
@@ -294,7 +308,7 @@ def test_distributed_run_locks_once_and_a_second_one_stops_on_every_process(tmp_
             assert finish(second, timeout=240) != 0
         finally:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(second.pid, signal.SIGKILL)
+                kill_tree(second.pid)
         output = output_of(second)
         assert f"{out} is in use by another ptum-hf run (pid {holder['pid']} on host " in output, output[-3000:]
         # The lock's error, broadcast from rank 0: each of the two processes stops with it (no traceback).
@@ -302,7 +316,7 @@ def test_distributed_run_locks_once_and_a_second_one_stops_on_every_process(tmp_
         assert first.poll() is None
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(first.pid, signal.SIGKILL)
+            kill_tree(first.pid)
         first.wait()
 
 

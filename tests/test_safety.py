@@ -456,3 +456,15 @@ def test_a_batch_of_users_without_any_behavior(behavior_type):
         out.loss.backward()
         assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_what_save_pretrained_writes_loads_back(tmp_path):
+    config = tiny_config()
+    config.my_note = "for later"  # neither a PTUM field nor a transformers one: refused on load, so refused here
+    with pytest.raises(ValueError, match="would not load back.*my_note"):
+        config.save_pretrained(tmp_path / "bad")
+    assert not (tmp_path / "bad" / "config.json").exists()
+    good = tiny_config()
+    good.id2label = {0: "a", 1: "b"}  # transformers' own attributes stay allowed
+    good.save_pretrained(tmp_path / "good")
+    assert PTUMConfig.from_pretrained(tmp_path / "good").max_behaviors == good.max_behaviors

@@ -218,6 +218,15 @@ class PTUMConfig(PretrainedConfig):
             raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`PretrainedConfig.save_pretrained`, after checking that what it writes loads back: an attribute set on the
+        config that is neither a PTUM field nor one of transformers' would be refused by `from_pretrained`."""
+        try:
+            type(self).from_dict(self.to_dict())
+        except ValueError as error:
+            raise ValueError(f"this config would not load back, so it is not saved: {error}") from None
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
     def validate_ptum(self):
         """Raise `ValueError` naming the first bad field and what it allows."""
         _check_choice("behavior_encoder_type", self.behavior_encoder_type, BEHAVIOR_ENCODER_TYPES)
