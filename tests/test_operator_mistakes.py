@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -742,3 +743,14 @@ def test_random_states_that_load_state_did_not_restore_are_an_error(finished_run
         RuntimeError, match=re.escape(f"the random states of {path} (torch_manual_seed) were not restored")
     ):
         check_rng_restored(states, path)
+
+
+def test_checkpoint_weights_have_the_mode_of_the_files_beside_them(finished_run):
+    # safetensors writes 0600 whatever the umask; a checkpoint's files should all be readable alike.
+    for step in sorted((finished_run / "checkpoints").iterdir()):
+        expected = stat.S_IMODE((step / "progress.json").stat().st_mode)
+        weights = list(step.glob("*.safetensors"))
+        assert weights and {stat.S_IMODE(w.stat().st_mode) for w in weights} == {expected}, step
+    model = finished_run / "model"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in model.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"]

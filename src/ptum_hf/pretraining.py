@@ -368,6 +368,10 @@ def save_checkpoint(accelerator, args, step: int, epoch: int, step_in_epoch: int
                 tokenizer.save_pretrained(str(tmp / "tokenizer"))
             progress = {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch}
             (tmp / "progress.json").write_text(json.dumps(progress))
+            # safetensors creates its files 0600 whatever the umask: give them the mode of the files beside them.
+            mode = (tmp / "progress.json").stat().st_mode & 0o777
+            for weights in tmp.glob("*.safetensors"):
+                weights.chmod(mode)
     if accelerator.is_main_process and args.save_total_limit > 0:
         for old in list_checkpoints(args.output_dir)[: -args.save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
