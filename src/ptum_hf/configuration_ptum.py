@@ -53,6 +53,7 @@ SIZE_LIMITS = {
     "num_negatives": 10_000,
     "num_next": 10_000,
 }
+MAX_ID_BUCKETS = 10_000_000  # rows of the behavior id embedding
 MAX_LABEL_HEADS = 1_000  # demographic heads in `label_heads`
 MAX_LABEL_CLASSES = 1_000_000  # classes of one head
 
@@ -89,6 +90,10 @@ class PTUMConfig(PretrainedConfig):
         num_next (`int`, *optional*, defaults to 2): K, next behaviors predicted by NBP.
         nbp_weight (`float`, *optional*, defaults to 1.0): lambda in loss = MBP + lambda * NBP.
         use_mbp / use_nbp (`bool`, *optional*, defaults to `True`): switch a pre-training task off (ablations).
+        behavior_id_buckets (`int`, *optional*, defaults to 0): > 0 adds a learned id embedding to each behavior vector,
+            indexed by a hash of the behavior's text modulo this many buckets (`behavior_bucket_ids`): what the text
+            encoder must otherwise learn about a recurring item (a movie, a page) from its words. A behavior the
+            embedding never saw in training still has its text; 0: text only.
         use_bag (`bool`, *optional*, defaults to `False`): a third pre-training task beyond the paper, bag prediction:
             from the user vector of the history with each behavior dropped with probability `bag_dropout`, predict
             every behavior of the history against all behaviors of the batch (one softmax over the batch's behavior
@@ -144,6 +149,7 @@ class PTUMConfig(PretrainedConfig):
         nbp_weight: float = 1.0,
         use_mbp: bool = True,
         use_nbp: bool = True,
+        behavior_id_buckets: int = 0,
         use_bag: bool = False,
         bag_weight: float = 1.0,
         bag_dropout: float = 0.5,
@@ -183,6 +189,7 @@ class PTUMConfig(PretrainedConfig):
         self.nbp_weight = nbp_weight
         self.use_mbp = use_mbp
         self.use_nbp = use_nbp
+        self.behavior_id_buckets = behavior_id_buckets
         self.use_bag = use_bag
         self.bag_weight = bag_weight
         self.bag_dropout = bag_dropout
@@ -263,6 +270,11 @@ class PTUMConfig(PretrainedConfig):
             raise ValueError(f"nbp_weight (lambda) must be a finite number >= 0, got {self.nbp_weight!r}")
         if not _is_number(self.initializer_range) or not 0.0 <= self.initializer_range < math.inf:
             raise ValueError(f"initializer_range must be a finite number >= 0, got {self.initializer_range!r}")
+        buckets = self.behavior_id_buckets
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 0 <= buckets <= MAX_ID_BUCKETS:
+            raise ValueError(
+                f"behavior_id_buckets must be an integer in [0, {MAX_ID_BUCKETS}] (0: none), got {buckets!r}"
+            )
         if not _is_number(self.bag_weight) or not 0.0 <= self.bag_weight < math.inf:
             raise ValueError(f"bag_weight must be a finite number >= 0, got {self.bag_weight!r}")
         if not _is_number(self.bag_dropout) or not 0.0 <= self.bag_dropout < 1.0:

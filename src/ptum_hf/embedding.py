@@ -41,8 +41,11 @@ def encode_behavior_table(model: PTUMModel, token_cache, batch_size: int = 1024)
         # Sorting by length keeps padding low: each chunk pads to its own longest behavior.
         order = np.argsort(token_cache.lengths, kind="stable")
         for start in range(0, len(order), batch_size):
-            ids, mask = token_cache.gather(order[start : start + batch_size])
-            vectors.append(model.encode_behaviors(torch.as_tensor(ids), torch.as_tensor(mask)))
+            rows = order[start : start + batch_size]
+            ids, mask = token_cache.gather(rows)
+            buckets = model.config.behavior_id_buckets
+            bucket_ids = torch.as_tensor(token_cache.bucket_ids(rows, buckets)) if buckets else None
+            vectors.append(model.encode_behaviors(torch.as_tensor(ids), torch.as_tensor(mask), bucket_ids=bucket_ids))
     if not vectors:
         return torch.zeros(0, model.config.hidden_size)
     table = torch.empty(len(order), model.config.hidden_size)
@@ -59,6 +62,7 @@ def user_collator(model: PTUMModel, token_cache) -> UserCollator:
         token_cache=token_cache,
         max_behaviors=model.config.max_behaviors,
         max_tokens=model.config.max_tokens_per_behavior,
+        id_buckets=model.config.behavior_id_buckets,
     )
 
 

@@ -206,7 +206,10 @@ def build_collator(args: FinetuneArguments, data, tokenizer, config, token_cache
     from .data import CTRCollator, DemographicsCollator
 
     common = dict(
-        max_tokens=config.max_tokens_per_behavior, max_behaviors=config.max_behaviors, token_cache=token_cache
+        max_tokens=config.max_tokens_per_behavior,
+        max_behaviors=config.max_behaviors,
+        token_cache=token_cache,
+        id_buckets=config.behavior_id_buckets,
     )
     if args.task == "demographics":
         return DemographicsCollator.from_dataset(data, tokenizer, label_names=tuple(config.label_heads), **common)

@@ -1024,6 +1024,8 @@ class PTUMModel(PTUMPreTrainedModel):
         self.behavior_encoder = build_behavior_encoder(config)
         self.user_encoder = PTUMUserEncoder(config)
         self.mask_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        buckets = config.behavior_id_buckets
+        self.behavior_id_embeddings = nn.Embedding(buckets, config.hidden_size) if buckets else None
         self.gradient_checkpointing = False  # set by `gradient_checkpointing_enable()` / the Trainer's flag
         self.post_init()
         self._freeze_user_model_if_configured()
@@ -1046,9 +1048,28 @@ class PTUMModel(PTUMPreTrainedModel):
         return model
 
     def encode_behaviors(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, encoder: nn.Module | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder: nn.Module | None = None,
+        bucket_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Encode behavior texts alone: (M, L) token ids -> (M, hidden_size). Cache these to embed many users."""
+        """Encode behaviors alone: (M, L) token ids -> (M, hidden_size). Cache these to embed many users.
+
+        With `config.behavior_id_buckets`, `bucket_ids` (M,) adds each behavior's id embedding (-1: text only)."""
+        encoded = self._encode_texts(input_ids, attention_mask, encoder)
+        if self.behavior_id_embeddings is None or bucket_ids is None:
+            return encoded
+        buckets = self.behavior_id_embeddings.num_embeddings
+        if bucket_ids.shape != encoded.shape[:1] or (bucket_ids.numel() and int(bucket_ids.max()) >= buckets):
+            raise ValueError(
+                f"behavior_bucket_ids must be ({encoded.shape[0]},) ids in [-1, {buckets}); got shape "
+                f"{tuple(bucket_ids.shape)}"
+            )
+        known = (bucket_ids >= 0).unsqueeze(-1)
+        return encoded + self.behavior_id_embeddings(bucket_ids.clamp(min=0)) * known
+
+    def _encode_texts(self, input_ids, attention_mask, encoder) -> torch.Tensor:
         _check_token_ids(input_ids, self.config.vocab_size)
         if input_ids.shape[0] == 0:  # no behavior in the batch (only users without history): nothing to encode
             return self.mask_embedding.new_zeros(0, self.config.hidden_size)
@@ -1114,6 +1135,7 @@ class PTUMModel(PTUMPreTrainedModel):
         history_indices: torch.LongTensor | None = None,
         history_time_gaps: torch.Tensor | None = None,
         behavior_embeddings: torch.FloatTensor | None = None,
+        behavior_bucket_ids: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PTUMModelOutput | tuple:
@@ -1128,6 +1150,8 @@ class PTUMModel(PTUMPreTrainedModel):
                 behavior to the reference time.
             behavior_embeddings (`torch.FloatTensor` of shape `(num_unique_behaviors, hidden_size)`, *optional*):
                 pre-computed behavior vectors (from `encode_behaviors`); replaces the two token inputs.
+            behavior_bucket_ids (`torch.LongTensor` of shape `(num_unique_behaviors,)`, *optional*): each behavior's
+                id bucket when `config.behavior_id_buckets` > 0 (-1: text only); the collators give it.
             return_dict (`bool`, *optional*): return a `ModelOutput` (the default, from `config.return_dict`) or, when
                 `False`, the tuple of its fields that are not `None` (`output.to_tuple()`, loss first in the heads).
 
@@ -1139,7 +1163,9 @@ class PTUMModel(PTUMPreTrainedModel):
         if behavior_embeddings is None:
             if behavior_input_ids is None:
                 raise ValueError("give behavior_input_ids (and behavior_attention_mask) or behavior_embeddings")
-            behavior_embeddings = self.encode_behaviors(behavior_input_ids, behavior_attention_mask)
+            behavior_embeddings = self.encode_behaviors(
+                behavior_input_ids, behavior_attention_mask, bucket_ids=behavior_bucket_ids
+            )
         _check_indices(history_indices, behavior_embeddings.shape[0], "history_indices")
         states, users = self.encode_users(behavior_embeddings, history_indices, history_time_gaps)
         output = PTUMModelOutput(
@@ -1251,6 +1277,7 @@ class PTUMForPretraining(PTUMPreTrainedModel):
         bag_history_time_gaps: torch.Tensor | None = None,
         bag_target_indices: torch.LongTensor | None = None,
         behavior_embeddings: torch.FloatTensor | None = None,
+        behavior_bucket_ids: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PTUMForPretrainingOutput | tuple:
@@ -1270,7 +1297,9 @@ class PTUMForPretraining(PTUMPreTrainedModel):
         """
         self._check_forward_kwargs(kwargs)
         if behavior_embeddings is None:
-            behavior_embeddings = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask)
+            behavior_embeddings = self.ptum.encode_behaviors(
+                behavior_input_ids, behavior_attention_mask, bucket_ids=behavior_bucket_ids
+            )
         num = behavior_embeddings.shape[0]
         fields = {}
         losses = []
@@ -1338,6 +1367,7 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
         history_time_gaps: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         behavior_embeddings: torch.FloatTensor | None = None,
+        behavior_bucket_ids: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PTUMClassifierOutput | tuple:
@@ -1355,6 +1385,7 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
                 history_indices,
                 history_time_gaps,
                 behavior_embeddings,
+                behavior_bucket_ids=behavior_bucket_ids,
                 return_dict=True,
             ).user_embeddings
         logits = self.classifier(self.dropout(self.norm(user)))
@@ -1412,6 +1443,7 @@ class PTUMForCTR(PTUMPreTrainedModel):
         ad_description_indices: torch.LongTensor | None = None,
         labels: torch.FloatTensor | None = None,
         behavior_embeddings: torch.FloatTensor | None = None,
+        behavior_bucket_ids: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PTUMCTROutput | tuple:
@@ -1429,7 +1461,9 @@ class PTUMForCTR(PTUMPreTrainedModel):
         frozen = self.config.freeze_user_model
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             if behavior_embeddings is None:
-                behavior_embeddings = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask)
+                behavior_embeddings = self.ptum.encode_behaviors(
+                    behavior_input_ids, behavior_attention_mask, bucket_ids=behavior_bucket_ids
+                )
             _check_indices(ad_title_indices, behavior_embeddings.shape[0], "ad_title_indices")
             user = self.ptum(
                 history_indices=history_indices,
@@ -1443,7 +1477,9 @@ class PTUMForCTR(PTUMPreTrainedModel):
         if self.ad_encoder is not None:
             if behavior_input_ids is None:
                 raise ValueError("share_ad_encoder=False needs behavior_input_ids (the ad encoder reads the texts)")
-            ad_table = self.ptum.encode_behaviors(behavior_input_ids, behavior_attention_mask, encoder=self.ad_encoder)
+            ad_table = self.ptum.encode_behaviors(
+                behavior_input_ids, behavior_attention_mask, encoder=self.ad_encoder, bucket_ids=behavior_bucket_ids
+            )
         ad = self.encode_ads(behavior_embeddings, ad_title_indices, ad_description_indices, ad_table)
         logits = (user * ad).sum(-1) + self.bias
         if self.ad_prior is not None:

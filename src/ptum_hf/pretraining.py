@@ -212,6 +212,7 @@ def pretraining_collator(data, tokenizer, config, seed: int = 0, token_cache=Non
         num_next=config.num_next,
         max_behaviors=config.max_behaviors,
         bag_dropout=config.bag_dropout if config.use_bag else None,
+        id_buckets=config.behavior_id_buckets,
         seed=seed,
     )
 

@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 from ..modeling_ptum import IGNORE_INDEX, MASK_INDEX, PAD_INDEX
 from .dataset import BehaviorDataset, UserSequences
 from .negatives import NegativeSampler, sample_negatives, unique_sorted
-from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, tokenize
+from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, text_hash, tokenize
 
 NEGATIVE_SAMPLING = ("occurrence", "uniform", "batch")
 TRAINER_HINT = " (with the HF Trainer, pass TrainingArguments(remove_unused_columns=False))"
@@ -58,6 +58,7 @@ class BehaviorCollatorBase:
     max_behaviors: int = 100
     max_tokens: int = 30
     seed: int | None = None
+    id_buckets: int = 0  # PTUMConfig.behavior_id_buckets: > 0 adds `behavior_bucket_ids`
     _rng: np.random.Generator | None = field(default=None, init=False, repr=False, compare=False)
     _rng_owner: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -66,6 +67,8 @@ class BehaviorCollatorBase:
             raise ValueError("pass token_cache (rows with behavior_ids) or tokenizer (rows with behavior_texts)")
         if self.max_behaviors < 1:
             raise ValueError(f"max_behaviors must be >= 1, got {self.max_behaviors}")
+        if self.id_buckets < 0:
+            raise ValueError(f"id_buckets must be >= 0 (0: none), got {self.id_buckets}")
 
     @classmethod
     def from_dataset(
@@ -186,6 +189,19 @@ class BehaviorCollatorBase:
         input_ids, mask = gather_ragged(flat, offsets, np.arange(len(tokens)), pad_token_id_of(self.tokenizer))
         return table, input_ids, mask
 
+    def table_inputs(self, events: _Events, *referenced: np.ndarray):
+        """(table, the batch's behavior inputs): `behavior_input_ids`, `behavior_attention_mask` (M, L) and, with
+        `id_buckets`, `behavior_bucket_ids` (M,): each behavior's id bucket (its text's hash modulo `id_buckets`)."""
+        table, input_ids, mask = self.behavior_table(events, *referenced)
+        inputs = {"behavior_input_ids": input_ids, "behavior_attention_mask": mask}
+        if self.id_buckets:
+            if events.texts is None:
+                inputs["behavior_bucket_ids"] = self.token_cache.bucket_ids(table, self.id_buckets)
+            else:
+                hashes = text_hash(events.texts[table].tolist())
+                inputs["behavior_bucket_ids"] = (hashes % np.uint64(self.id_buckets)).astype(np.int64)
+        return table, inputs
+
     @staticmethod
     def rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Behavior ids -> rows of the table; negative markers (-1, -2) stay."""
@@ -302,14 +318,13 @@ class PretrainingCollator(BehaviorCollatorBase):
         nbp_labels = np.full((B, K), IGNORE_INDEX, np.int64)
         nbp_candidates[has_next], nbp_labels[has_next] = candidates[count:], labels[count:]
 
-        table, input_ids, mask = self.behavior_table(events, mbp_ids, nbp_ids, positives, negatives)
+        table, inputs = self.table_inputs(events, mbp_ids, nbp_ids, positives, negatives)
         mbp_candidates = np.where(mbp_labels[:, None] >= 0, self.rows(table, mbp_candidates), 0)
         nbp_candidates = np.where(nbp_labels[..., None] >= 0, self.rows(table, nbp_candidates), 0)
         if text_mode:
             self._buffer.extend(events.texts[events.behavior_ids].tolist())
         return _tensors(
-            behavior_input_ids=input_ids,
-            behavior_attention_mask=mask,
+            **inputs,
             mbp_history_indices=self.rows(table, mbp_ids),
             mbp_history_time_gaps=mbp_gaps,
             mbp_candidate_indices=mbp_candidates,
@@ -383,10 +398,9 @@ class UserCollator(BehaviorCollatorBase):
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         events, ids, gaps = self.histories(features)
-        table, input_ids, mask = self.behavior_table(events, ids)
+        table, inputs = self.table_inputs(events, ids)
         return _tensors(
-            behavior_input_ids=input_ids,
-            behavior_attention_mask=mask,
+            **inputs,
             history_indices=self.rows(table, ids),
             history_time_gaps=gaps,
         )
@@ -464,10 +478,9 @@ class CTRCollator(BehaviorCollatorBase):
         starts = seq.offsets[users]
         ids, gaps, _ = self.windows(events, starts, starts + ends, self.max_behaviors)
         titles, descriptions = column["ad_title_id"], column["ad_description_id"]
-        table, input_ids, mask = self.behavior_table(events, ids, titles, descriptions)
+        table, inputs = self.table_inputs(events, ids, titles, descriptions)
         return _tensors(
-            behavior_input_ids=input_ids,
-            behavior_attention_mask=mask,
+            **inputs,
             history_indices=self.rows(table, ids),
             history_time_gaps=gaps,
             ad_title_indices=self.rows(table, titles),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -124,6 +125,7 @@ class BehaviorTokenCache:
     offsets: np.ndarray  # int64, len = behaviors + 1
     pad_token_id: int = 0
     max_tokens: int = 30
+    text_hashes: np.ndarray | None = None  # uint64 `text_hash` of each behavior: its identity across datasets
 
     @classmethod
     def build(
@@ -146,7 +148,13 @@ class BehaviorTokenCache:
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         token_ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
-        return cls(token_ids=token_ids, offsets=offsets, pad_token_id=pad_id, max_tokens=max_tokens)
+        return cls(
+            token_ids=token_ids,
+            offsets=offsets,
+            pad_token_id=pad_id,
+            max_tokens=max_tokens,
+            text_hashes=text_hash(texts),
+        )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -166,17 +174,41 @@ class BehaviorTokenCache:
             )
         return gather_ragged(self.token_ids, self.offsets, behavior_ids, self.pad_token_id)
 
+    def bucket_ids(self, behavior_ids: np.ndarray, buckets: int) -> np.ndarray:
+        """Each behavior's id bucket (`PTUMConfig.behavior_id_buckets`): its text's hash modulo `buckets`."""
+        if self.text_hashes is None:
+            raise ValueError("this token cache has no text hashes (built before they existed): build it again")
+        return (self.text_hashes[np.asarray(behavior_ids, np.int64)] % np.uint64(buckets)).astype(np.int64)
+
     def save(self, path: str | os.PathLike) -> None:
         """Save as one `.npz` file."""
-        np.savez(
-            path, token_ids=self.token_ids, offsets=self.offsets, meta=np.array([self.pad_token_id, self.max_tokens])
-        )
+        extra = {} if self.text_hashes is None else {"text_hashes": self.text_hashes}
+        meta = np.array([self.pad_token_id, self.max_tokens])
+        np.savez(path, token_ids=self.token_ids, offsets=self.offsets, meta=meta, **extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BehaviorTokenCache:
         with np.load(path) as data:
             pad_id, max_tokens = data["meta"].tolist()
-            return cls(token_ids=data["token_ids"], offsets=data["offsets"], pad_token_id=pad_id, max_tokens=max_tokens)
+            hashes = data["text_hashes"] if "text_hashes" in data else None
+            return cls(
+                token_ids=data["token_ids"],
+                offsets=data["offsets"],
+                pad_token_id=pad_id,
+                max_tokens=max_tokens,
+                text_hashes=hashes,
+            )
+
+
+def text_hash(texts: Sequence[str]) -> np.ndarray:
+    """A stable 64-bit hash of each text (blake2b of its UTF-8 bytes): the same behavior text gets the same number in
+    every dataset, process and machine, so an id embedding learned in pre-training finds it again downstream."""
+    digest = hashlib.blake2b
+    return np.fromiter(
+        (int.from_bytes(digest(str(t).encode("utf-8"), digest_size=8).digest(), "little") for t in texts),
+        np.uint64,
+        len(texts),
+    )
 
 
 def gather_ragged(token_ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int):

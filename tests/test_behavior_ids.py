@@ -1,0 +1,102 @@
+"""Behavior identity beside the text (`PTUMConfig.behavior_id_buckets`): hashed id embeddings."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ptum_hf import PTUMConfig, PTUMForCTR, PTUMForDemographicClassification, PTUMModel
+from ptum_hf.data import BehaviorTokenCache, load_behavior_dataset, train_behavior_tokenizer
+from ptum_hf.data.tokenization import text_hash
+from ptum_hf.embedding import iter_user_embeddings, user_collator
+from ptum_hf.finetuning import FinetuneArguments, build_collator
+from ptum_hf.pretraining import pretraining_collator
+
+from conftest import TINY
+
+BUCKETS = 1000
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = load_behavior_dataset("synthetic", num_users=60, seed=0)
+    tokenizer = train_behavior_tokenizer(data.behaviors, vocab_size=300)
+    config = PTUMConfig.from_preset(
+        "hsa", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, behavior_id_buckets=BUCKETS, **TINY
+    )
+    cache = BehaviorTokenCache.build(data.behaviors, tokenizer, config.max_tokens_per_behavior)
+    return data, tokenizer, config, cache
+
+
+def test_a_text_hashes_the_same_in_every_process_and_dataset():
+    texts = ["Toy Story (1995) | Animation", "ünïcode ✓", ""]
+    code = f"from ptum_hf.data.tokenization import text_hash; print([int(h) for h in text_hash({texts!r})])"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert other.strip() == str([int(h) for h in text_hash(texts)])  # no per-process hash seed
+    assert text_hash(["a", "b", "a"])[0] == text_hash(["a"])[0] != text_hash(["b"])[0]
+
+
+def test_every_collator_gives_the_bucket_of_each_behavior_of_its_table(setup):
+    data, tokenizer, config, cache = setup
+    users = [data.users[i] for i in range(8)]
+    collators = {
+        "pretraining": pretraining_collator(data, tokenizer, config, token_cache=cache),
+        "demographics": build_collator(FinetuneArguments(), data, tokenizer, config, cache),
+        "ctr": build_collator(FinetuneArguments(task="ctr"), data, tokenizer, config, cache),
+        "users": user_collator(PTUMModel(config), cache),
+    }
+    for name, collator in collators.items():
+        rows = [data.ctr["train"][i] for i in range(8)] if name == "ctr" else users
+        batch = collator(rows)
+        buckets = batch["behavior_bucket_ids"]
+        assert buckets.shape == batch["behavior_input_ids"].shape[:1], name
+        assert ((buckets >= 0) & (buckets < BUCKETS)).all(), name
+    # The bucket is the text's hash: the same behavior has the same bucket in every batch and dataset.
+    table_texts = {data.behaviors[i]: i for i in range(len(data.behaviors))}
+    some = list(table_texts)[:20]
+    expected = text_hash(some) % np.uint64(BUCKETS)
+    assert np.array_equal(cache.bucket_ids([table_texts[t] for t in some], BUCKETS), expected.astype(np.int64))
+    plain = PTUMConfig(**{**config.to_dict(), "behavior_id_buckets": 0})
+    assert "behavior_bucket_ids" not in pretraining_collator(data, tokenizer, plain, token_cache=cache)(users)
+
+
+def test_the_id_embedding_is_added_and_unknown_ids_keep_the_text(setup):
+    data, tokenizer, config, cache = setup
+    model = PTUMModel(config).eval()
+    torch.nn.init.normal_(model.behavior_id_embeddings.weight)
+    ids, mask = (torch.as_tensor(a) for a in cache.gather([0, 1, 2]))
+    with torch.no_grad():
+        text = model.encode_behaviors(ids, mask)
+        known = model.encode_behaviors(ids, mask, bucket_ids=torch.tensor([5, 6, -1]))
+    assert torch.allclose(known[:2], text[:2] + model.behavior_id_embeddings.weight[[5, 6]])
+    assert torch.equal(known[2], text[2])  # -1: a behavior without an id row is its text alone
+    with pytest.raises(ValueError, match="behavior_bucket_ids must be"):
+        model.encode_behaviors(ids, mask, bucket_ids=torch.tensor([0, BUCKETS, 1]))
+
+
+def test_heads_use_the_ids_and_embedding_matches_with_and_without_the_cache(setup):
+    data, tokenizer, config, cache = setup
+    torch.manual_seed(0)
+    for head, task in ((PTUMForDemographicClassification, "demographics"), (PTUMForCTR, "ctr")):
+        model = head(config).eval()
+        torch.nn.init.normal_(model.ptum.behavior_id_embeddings.weight)
+        collator = build_collator(FinetuneArguments(task=task), data, tokenizer, config, cache)
+        rows = [data.ctr["train"][i] for i in range(8)] if task == "ctr" else [data.users[i] for i in range(8)]
+        batch = collator(rows)
+        with torch.no_grad():
+            with_ids = model(**batch).logits
+            without = model(**{k: v for k, v in batch.items() if k != "behavior_bucket_ids"}).logits
+        assert not torch.allclose(with_ids, without), task
+    model = PTUMModel(config).eval()
+    torch.nn.init.normal_(model.behavior_id_embeddings.weight)
+    cached = np.concatenate([v for _, v in iter_user_embeddings(model, data, cache)])
+    again = np.concatenate([v for _, v in iter_user_embeddings(model, data, cache, use_cache=False)])
+    np.testing.assert_allclose(cached, again, atol=1e-5)
+
+
+def test_bucket_count_is_checked():
+    for bad in (-1, 10**9, True, 2.5):
+        with pytest.raises(ValueError, match="behavior_id_buckets must be"):
+            PTUMConfig(behavior_id_buckets=bad).validate_ptum()
