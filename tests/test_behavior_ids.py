@@ -100,3 +100,22 @@ def test_bucket_count_is_checked():
     for bad in (-1, 10**9, True, 2.5):
         with pytest.raises(ValueError, match="behavior_id_buckets must be"):
             PTUMConfig(behavior_id_buckets=bad).validate_ptum()
+
+
+def test_streamed_texts_get_the_same_buckets_as_cached_ids(setup):
+    data, tokenizer, config, cache = setup
+    from ptum_hf.data import UserCollator
+
+    users = [data.users[i] for i in range(6)]
+    texts = [
+        {"behavior_texts": [data.behaviors[b] for b in u["behavior_ids"]], "timestamps": u["timestamps"]} for u in users
+    ]
+    by_id = UserCollator(token_cache=cache, max_behaviors=20, id_buckets=BUCKETS)
+    by_text = UserCollator(
+        tokenizer=tokenizer, max_behaviors=20, max_tokens=config.max_tokens_per_behavior, id_buckets=BUCKETS
+    )
+    _, ids, _ = by_id.histories(users)
+    batch = by_text(texts)
+    rows = batch["history_indices"]
+    expected = cache.bucket_ids(ids[ids >= 0], BUCKETS)
+    assert np.array_equal(batch["behavior_bucket_ids"][rows[rows >= 0]].numpy(), expected)
