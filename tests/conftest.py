@@ -1,4 +1,10 @@
-"""What several test files share: tiny model sizes (seconds per test on 2 cores)."""
+"""What several test files share: tiny model sizes (seconds per test on 2 cores), and how tests start real
+`ptum-hf pretrain` processes."""
+
+import json
+import os
+import socket
+import sys
 
 from ptum_hf import PTUMConfig
 from ptum_hf.reproduce.settings import SIZES
@@ -13,3 +19,42 @@ TINY_CONFIG = dict(TINY, vocab_size=60, max_behaviors=12, max_tokens_per_behavio
 
 def tiny_config(**overrides) -> PTUMConfig:
     return PTUMConfig(**{**TINY_CONFIG, **overrides})
+
+
+# The flags of a tiny `ptum-hf pretrain` run (200 synthetic users, batches of 16); each test adds its own.
+TINY_RUN = [
+    "--num_users",
+    "200",
+    "--per_device_batch_size",
+    "16",
+    "--tokenizer_vocab_size",
+    "500",
+    "--config_overrides",
+    json.dumps(TINY),
+]
+
+
+def subprocess_env(**extra) -> dict:
+    """One thread per process (the same float reductions in every run, and runs share the machine), offline."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+def ddp_pretrain_command(output_dir, *args) -> list[str]:
+    """`ptum-hf pretrain` as two CPU processes (torchrun through `accelerate launch`, on a free local port); run it
+    with `subprocess_env(ACCELERATE_USE_CPU="1")`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "--main_process_port", str(port)]
+    pretrain = ["-m", "ptum_hf.cli", "pretrain", "--output_dir", str(output_dir), *map(str, args)]
+    return [sys.executable, "-m", "accelerate.commands.launch", *launch, *pretrain]

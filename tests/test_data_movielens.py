@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ptum_hf.data import BehaviorLogError, load_behavior_dataset
+from ptum_hf.data.movielens import GENRES  # the file layout's genre columns
 
 REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ml-100k")
 
@@ -14,27 +15,6 @@ ITEMS = [
     ("2", "Misérables, Les (1995)", "01-Jan-1995", {"Drama", "Musical"}),
     ("3", "unknown", "", {"unknown"}),
     ("4", "Shawshank Redemption, The (1994)", "01-Jan-1994", {"Drama"}),
-]
-GENRES = [
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
 ]
 USERS = [("1", "19", "M", "student"), ("2", "20", "F", "writer"), ("3", "60", "M", "retired")]
 

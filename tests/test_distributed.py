@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,22 +21,15 @@ import pytest
 from ptum_hf.modeling_ptum import PTUMForPretraining
 from ptum_hf.pretraining import resolve_checkpoint
 
-from conftest import TINY
+from conftest import TINY_RUN, ddp_pretrain_command, subprocess_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker processes from /proc")
 
 # 190 training users in batches of 16 over 2 processes: 6 steps per epoch, 36 in all; a checkpoint every 3 steps.
 RUN = [
-    "--num_users",
-    "200",
-    "--per_device_batch_size",
-    "16",
-    "--tokenizer_vocab_size",
-    "500",
+    *TINY_RUN,
     "--report_to",
     "none",
-    "--config_overrides",
-    json.dumps(TINY),
     "--num_epochs",
     "6",
     "--save_steps",
@@ -56,46 +48,9 @@ RUN = [
 TOTAL_STEPS = 36
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(output_dir, *extra, log_name) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "ptum_hf.cli",
-        "pretrain",
-        "--output_dir",
-        str(output_dir),
-        *RUN,
-        *extra,
-    ]
+    env = subprocess_env(ACCELERATE_USE_CPU="1")
+    command = ddp_pretrain_command(output_dir, *RUN, *extra)
     log_path = output_dir.parent / log_name
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -16,7 +16,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -30,22 +29,15 @@ import torch
 from ptum_hf.atomic import atomic_directory, atomic_file, host_key, remove_leftovers
 from ptum_hf.locking import OutputInUseError, lock_path, output_lock, read_holder
 
-from conftest import TINY
+from conftest import TINY, TINY_RUN, ddp_pretrain_command, subprocess_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock, /proc, tmpfs")
 
 # A tiny pre-training: 200 users, batches of 16; runs as long as --max_steps says.
 RUN = [
-    "--num_users",
-    "200",
-    "--per_device_batch_size",
-    "16",
-    "--tokenizer_vocab_size",
-    "500",
+    *TINY_RUN,
     "--report_to",
     "none",
-    "--config_overrides",
-    json.dumps(TINY),
     "--eval_steps",
     "100000",
     "--logging_steps",
@@ -105,21 +97,9 @@ else:  # what write_user_embeddings does: the output file's lock, then a tempora
 """
 
 
-def run_env() -> dict:
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def start(command, log_path) -> subprocess.Popen:
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=run_env(), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
     process.log_path = Path(log_path)
     return process
 
@@ -255,37 +235,11 @@ def test_second_pretrain_on_a_folder_stops_at_once_and_a_killed_runs_lock_is_tak
 
 
 def launch_ddp(output_dir, *extra, log_path) -> subprocess.Popen:
-    """`ptum-hf pretrain` as two CPU processes (torchrun through accelerate launch), in its own process group."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-        "-m",
-        "ptum_hf.cli",
-        "pretrain",
-        "--output_dir",
-        str(output_dir),
-        *RUN,
-        *map(str, extra),
-    ]
+    """`ptum-hf pretrain` as two CPU processes, in its own process group."""
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command,
-            env={**run_env(), "ACCELERATE_USE_CPU": "1"},
+            ddp_pretrain_command(output_dir, *RUN, *extra),
+            env=subprocess_env(ACCELERATE_USE_CPU="1"),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -22,20 +22,13 @@ from ptum_hf.hub import save_for_hub
 from ptum_hf.modeling_ptum import PTUMForPretraining
 from ptum_hf.pretraining import PretrainingArguments, list_checkpoints, pretrain, resolve_checkpoint, save_checkpoint
 
-from conftest import TINY
+from conftest import TINY, TINY_RUN, subprocess_env
 
 # 200 users, 10 held out, batches of 16: 12 steps per epoch; 44 steps (the last in mid-epoch); a checkpoint every 4.
 RUN = [
-    "--num_users",
-    "200",
-    "--per_device_batch_size",
-    "16",
-    "--tokenizer_vocab_size",
-    "500",
+    *TINY_RUN,
     "--report_to",
     "csv",
-    "--config_overrides",
-    json.dumps(TINY),
     "--max_steps",
     "44",
     "--save_steps",
@@ -62,24 +55,11 @@ CHECKPOINT_FILES = {
 }
 
 
-def run_env() -> dict:
-    # One thread per process: the same float reductions in every run (and two runs share the test machine).
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def start_pretraining(output_dir, *extra, log_name="run.log") -> subprocess.Popen:
     output_dir.mkdir(parents=True, exist_ok=True)
     log = open(output_dir.parent / f"{output_dir.name}-{log_name}", "wb")
     command = [sys.executable, "-m", "ptum_hf.cli", "pretrain", "--output_dir", str(output_dir), *RUN, *extra]
-    process = subprocess.Popen(command, env=run_env(), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
     process.log_path = Path(log.name)
     log.close()
     return process

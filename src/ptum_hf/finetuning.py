@@ -115,9 +115,8 @@ def default_training_arguments(output_dir: str, task: str, **overrides) -> Train
         disable_tqdm=True,
     )
     values.update(overrides)
-    if str(values["eval_strategy"]) in ("no", "IntervalStrategy.NO") and "load_best_model_at_end" not in overrides:
-        values["load_best_model_at_end"] = False  # nothing is evaluated, so there is no best model to keep
     if str(values["save_strategy"]) != str(values["eval_strategy"]) and "load_best_model_at_end" not in overrides:
+        # e.g. --eval_strategy no: no evaluation at each save, so no best checkpoint to reload at the end
         values["load_best_model_at_end"] = False
     return TrainingArguments(**values)
 
