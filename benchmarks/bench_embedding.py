@@ -1,11 +1,14 @@
 """Embedding throughput of `ptum-hf embed` (`ptum_hf.embedding.write_user_embeddings`) on MovieLens-100K, with and
-without the cached behavior vectors, timed alternately in one process.
+without the cached behavior vectors, and of the exported user encoder (`ptum-hf export`) in ONNX Runtime, timed
+alternately in one process.
 
     python benchmarks/bench_embedding.py                 # MovieLens-100K, 3 rounds
     python benchmarks/bench_embedding.py --rounds 5 --batch-size 256
 
 With the cache every behavior of the vocabulary is encoded once and each batch only runs the user encoder; without
-it each batch encodes its own unique behaviors again and then runs the user encoder. Besides users/s
+it each batch encodes its own unique behaviors again and then runs the user encoder; the exported graph does that
+same work (a batch's tokens in, user vectors out), so it is compared with that path (with the extra `onnx`
+installed; skipped otherwise). Besides users/s
 the benchmark reports where the work is: how many behavior encodings each path does, and the model FLOPs
 (torch.utils.flop_counter) of the behavior table and of the user encoder, which both paths share.
 """
@@ -42,6 +45,13 @@ def main():
     from ptum_hf import PTUMConfig, PTUMModel, embedding
     from ptum_hf.data import BehaviorTokenCache, load_behavior_dataset, train_behavior_tokenizer
     from ptum_hf.embedding import encode_behavior_table, user_collator, write_user_embeddings
+
+    try:
+        import onnxruntime  # noqa: F401
+
+        from ptum_hf.export import export_graph, onnx_session, run_onnx
+    except ImportError:
+        export_graph = None
 
     bench_pretraining.register_cpu_attention_flops()
     torch.set_num_threads(a.threads)
@@ -85,9 +95,22 @@ def main():
             for first in range(0, len(features), a.batch_size):
                 yield features[first : first + a.batch_size]
 
-    occurrence_times = []
+    def onnx_pass(session):
+        """The exported user encoder over the same batches as `write_user_embeddings` without the cache."""
+        for features in sorted_batches():
+            run_onnx(session, collator(features))
+
+    occurrence_times, onnx_times = [], []
     times = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
+        session = onnx_difference = None
+        if export_graph is not None:
+            export_graph(model, "user_encoder", Path(tmp) / "user_encoder.onnx")
+            session = onnx_session(Path(tmp) / "user_encoder.onnx", threads=a.threads)
+            batch = collator(next(sorted_batches()))
+            with torch.inference_mode():
+                expected = model(**batch).user_embeddings.numpy()
+            onnx_difference = float(np.abs(run_onnx(session, batch) - expected).max())
         for r in range(a.rounds + 1):  # round 0 warms up both paths
             for use_cache in (True, False) if r % 2 else (False, True):
                 start = time.perf_counter()
@@ -100,6 +123,11 @@ def main():
                 start = time.perf_counter()
                 every_occurrence()
                 occurrence_times.append(time.perf_counter() - start)
+            if session is not None:
+                start = time.perf_counter()
+                onnx_pass(session)
+                if r:
+                    onnx_times.append(time.perf_counter() - start)
 
     # Where the work is: behavior encodings per path; time and FLOPs of the table and of the user encoder.
     encodings_uncached = encodings_occurrence = 0
@@ -142,6 +170,11 @@ def main():
         "users_per_s_uncached": round(users / uncached_s, 1),
         "speedup_cache": round(float(np.median(ratios)), 2),
         "users_per_s_occurrence": round(users / float(np.median(occurrence_times)), 1),
+        "users_per_s_onnx": round(users / float(np.median(onnx_times)), 1) if onnx_times else None,
+        "speedup_onnx_vs_uncached": (
+            round(float(np.median([u / o for u, o in zip(times[False], onnx_times)])), 2) if onnx_times else None
+        ),
+        "onnx_max_abs_difference": onnx_difference,
         "speedup_cache_vs_occurrence": round(
             float(np.median([o / c for c, o in zip(times[True], occurrence_times)])), 2
         ),
@@ -185,6 +218,8 @@ def write_results(a, res):
         f"| upper bound from FLOPs | | {res['speedup_bound_from_flops']}x | "
         f"{res['speedup_bound_from_flops_occurrence']}x |",
         "",
+        onnx_line(res),
+        "",
         "Target: the cache >= 20x faster than without it.",
         "",
         "`ptum-hf embed --no_cache` is the middle column: it still encodes each behavior once per batch. The right "
@@ -196,6 +231,18 @@ def write_results(a, res):
         "cache could give if behavior encodings were all that differed.",
     ]
     C.write_section(f"embedding-{a.data}", f"Embedding throughput: {a.data}", "\n".join(lines))
+
+
+def onnx_line(res) -> str:
+    if res["users_per_s_onnx"] is None:
+        return "ONNX Runtime: not measured (needs the extra `onnx`: `pip install -e '.[onnx]'`)."
+    return (
+        f"ONNX Runtime, the user encoder exported by `ptum-hf export` over the same batches as the middle column "
+        f"(collating included; the graph masks padding where PyTorch packs it away): "
+        f"**{res['users_per_s_onnx']} users/s**, {res['speedup_onnx_vs_uncached']}x "
+        f"PyTorch's {res['users_per_s_uncached']} (median of rounds); outputs within "
+        f"{res['onnx_max_abs_difference']:.1e} of PyTorch's."
+    )
 
 
 if __name__ == "__main__":

@@ -119,3 +119,34 @@ def test_streamed_texts_get_the_same_buckets_as_cached_ids(setup):
     rows = batch["history_indices"]
     expected = cache.bucket_ids(ids[ids >= 0], BUCKETS)
     assert np.array_equal(batch["behavior_bucket_ids"][rows[rows >= 0]].numpy(), expected)
+
+
+def test_ad_id_bias_learns_seen_ads_and_leaves_new_ads_to_their_text(setup):
+    data, tokenizer, config, cache = setup
+    with pytest.raises(ValueError, match="ad_id_bias needs behavior_id_buckets"):
+        PTUMConfig(**{**config.to_dict(), "behavior_id_buckets": 0, "ad_id_bias": True})
+    biased = PTUMConfig(**{**config.to_dict(), "ad_id_bias": True})
+    torch.manual_seed(0)
+    model = PTUMForCTR(biased)
+    assert torch.equal(model.ad_id_bias, torch.zeros(BUCKETS))  # a fresh model: no ad has a bias yet
+    collator = build_collator(FinetuneArguments(task="ctr"), data, tokenizer, biased, cache)
+    batch = collator([data.ctr["train"][i] for i in range(16)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    seen = batch["behavior_bucket_ids"][batch["ad_title_indices"]].unique()
+    assert (model.ad_id_bias[seen] != 0).all()
+    unseen = torch.ones(BUCKETS, dtype=torch.bool)
+    unseen[seen] = False
+    assert torch.equal(model.ad_id_bias[unseen], torch.zeros(int(unseen.sum())))
+    # The logit of an ad is the text model's plus its own bias: with the bias zeroed it is the text model's.
+    model.eval()
+    with torch.no_grad():
+        logits = model(**batch).logits
+        expected = logits - model.ad_id_bias[batch["behavior_bucket_ids"][batch["ad_title_indices"]]]
+        model.ad_id_bias.zero_()
+        assert torch.allclose(model(**batch).logits, expected, atol=1e-6)
+        with pytest.raises(ValueError, match="ad_id_bias needs behavior_bucket_ids"):
+            model(**{k: v for k, v in batch.items() if k != "behavior_bucket_ids"})

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import huggingface_hub.constants
 import pytest
 import torch
+import transformers.utils.hub
 from safetensors.torch import load_file
 
 import ptum_hf.hub as hub
@@ -25,6 +26,8 @@ MODEL_FILES = {
     "README.md",
     "configuration_ptum.py",
     "modeling_ptum.py",
+    "processing_ptum.py",  # inference from raw events (model.encode / predict)
+    "pipeline_ptum.py",  # the user-feature-extraction / user-classification pipelines
     "checksums.json",
 }
 
@@ -108,6 +111,13 @@ def test_push_with_tokenizer_and_card_data(config, tokenizer, tmp_path):
     assert card_data.model_id is None  # the caller's card data is left as it was
 
 
+def test_a_pushed_tokenizer_names_a_class_transformers_4_and_5_load(config, tokenizer):
+    """transformers 5 saves a plain fast tokenizer as `TokenizersBackend`, a class transformers 4 does not have."""
+    api = RecordedHfApi()
+    push_to_hub(PTUMModel(config), "org/ptum-encoder", tokenizer=tokenizer, api=api)
+    assert json.loads(api.uploaded["tokenizer_config.json"])["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
 def test_push_builds_an_hf_api_with_the_token(config, monkeypatch):
     made = []
 
@@ -176,6 +186,8 @@ def test_loads_from_a_hub_cache_layout_offline(config, tmp_path, monkeypatch):
     # huggingface_hub reads these variables once, at import: set the values it actually uses too.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    # transformers 4 copies the cache folder at import too (5 reads huggingface_hub's)
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(tmp_path / "hub"), raising=False)
 
     loaded = PTUMModel.from_pretrained("org/name")
     _assert_same_weights(model.state_dict(), loaded.state_dict())

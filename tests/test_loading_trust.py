@@ -17,6 +17,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+import transformers.utils.hub
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
@@ -70,6 +71,8 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    # transformers 4.x copies the cache folder into its own constant when imported
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(cache), raising=False)
 
     def snapshot(repo_id: str) -> Path:
         repo = cache / ("models--" + repo_id.replace("/", "--"))

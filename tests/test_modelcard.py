@@ -5,8 +5,15 @@ import pytest
 from huggingface_hub import ModelCard
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from ptum_hf import PTUMForDemographicClassification
-from ptum_hf.modelcard import TEMPLATE_PATH, ModelCardCallback, PTUMModelCardData, create_model_card
+from ptum_hf import PTUMForCTR, PTUMForDemographicClassification, PTUMForPretraining, PTUMModel
+from ptum_hf.modelcard import (
+    TEMPLATE_PATH,
+    USER_CLASSIFICATION_TAG,
+    ModelCardCallback,
+    PTUMModelCardData,
+    create_model_card,
+    dataset_reference,
+)
 
 from conftest import tiny_config
 
@@ -70,7 +77,7 @@ def test_trainer_callback_records_args_model_and_metrics(model, tmp_path):
     assert set(results) == {"accuracy", "age_accuracy"}
     assert results["accuracy"].metric_value == 0.6
     assert results["accuracy"].dataset_split == "eval"
-    assert results["age_accuracy"].task_type == "text-classification"
+    assert results["age_accuracy"].task_type == USER_CLASSIFICATION_TAG
 
 
 def test_card_renders_data_pretraining_and_group_error_rates(model):
@@ -121,3 +128,95 @@ def test_nan_metrics_stay_out_of_the_model_index():
     assert card_data.eval_results[0].metric_type == "average_precision"
     assert math.isnan(card_data.evaluation_log[0]["auc"])
     assert "| n/a |" in create_model_card(card_data).content
+
+
+def _card(card_data, model=None):
+    card = create_model_card(card_data, model=model)
+    return card.content, ModelCard(card.content).data
+
+
+def test_results_name_the_dataset_a_log_by_its_file_name(model, tmp_path):
+    log = tmp_path / "private-folder" / "user_logs.csv"
+    card_data = PTUMModelCardData()
+    card_data.record_eval({"eval_accuracy": 0.5}, step=5)  # what the Trainer callback records: no dataset
+    card_data.record_eval({"test_accuracy": 0.6}, dataset=str(log))
+    card_data.record_group_error_rates(
+        {"age": {"gender": {"f": {"error_rate": 0.5, "count": 2}}}}, dataset=f"{log} (test users)"
+    )
+    content, data = _card(card_data, model)
+    assert {r.dataset_name for r in data.eval_results} == {"user_logs.csv"}
+    assert "name: unknown" not in content and "type: unknown" not in content
+    assert "private-folder" not in content  # the log's folder stays on the machine that trained
+    assert "### user_logs.csv" in content and "measured on user_logs.csv (test users)" in content
+    assert data.datasets is None  # a local file is no Hub dataset
+
+
+def test_results_of_a_built_in_source_name_it(model):
+    card_data = PTUMModelCardData()
+    card_data.record_pretraining({"eval_mbp_accuracy": 0.5}, step=10)  # the pre-training loop records no dataset
+    card_data.record_dataset("synthetic", {"users": 200})
+    content, data = _card(card_data, model)
+    assert {r.dataset_name for r in data.eval_results} == {"synthetic"}
+    assert "name: unknown" not in content and "type: unknown" not in content
+    assert "Held-out users of synthetic." in content
+
+
+def test_a_hub_dataset_id_becomes_the_datasets_metadata(model):
+    card_data = PTUMModelCardData()
+    card_data.record_eval({"test_accuracy": 0.6}, dataset="org/user-logs")
+    content, data = _card(card_data, model)
+    assert data.datasets == ["org/user-logs"]
+    assert {r.dataset_type for r in data.eval_results} == {"org/user-logs"}
+    assert "https://huggingface.co/datasets/org/user-logs" in content
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("synthetic", ("synthetic", None)),
+        ("movielens-100k", ("movielens-100k", None)),
+        ("/data/alice/logs.parquet", ("logs.parquet", None)),
+        ("exports/logs.csv", ("logs.csv", None)),
+        ("/data/alice/logs/*.csv", ("logs/*.csv", None)),
+        ("org/user-logs", ("org/user-logs", "org/user-logs")),
+    ],
+)
+def test_dataset_reference(source, expected):
+    assert dataset_reference(source) == expected
+
+
+def test_a_local_base_model_is_not_linked(model, tmp_path):
+    local = tmp_path / "outputs" / "pretrain" / "model"
+    local.mkdir(parents=True)
+    content, data = _card(PTUMModelCardData(base_model=str(local)), model)
+    assert data.base_model is None
+    assert "fine-tuned from a local checkpoint" in content
+    assert str(local) not in content and "huggingface.co/" + str(local) not in content
+
+    content, data = _card(PTUMModelCardData(base_model="org/ptum-pretrained"), model)
+    assert data.base_model == "org/ptum-pretrained"
+    assert "fine-tuned from [org/ptum-pretrained](https://huggingface.co/org/ptum-pretrained)" in content
+
+
+@pytest.mark.parametrize(
+    "model_class, pipeline_tag, tag",
+    [
+        (PTUMModel, "feature-extraction", None),
+        (PTUMForPretraining, "feature-extraction", "pretraining"),
+        (PTUMForDemographicClassification, USER_CLASSIFICATION_TAG, "demographic-prediction"),
+        (PTUMForCTR, USER_CLASSIFICATION_TAG, "click-through-rate"),
+    ],
+)
+def test_hub_metadata_of_each_task(model_class, pipeline_tag, tag):
+    _, data = _card(PTUMModelCardData(), model_class(tiny_config()))
+    assert data.pipeline_tag == pipeline_tag
+    assert data.library_name == "transformers"
+    assert data.license == "apache-2.0"
+    assert {"ptum", "user-modeling"} <= set(data.tags)
+    assert tag is None or tag in data.tags
+
+
+def test_the_license_can_be_overridden(model):
+    content, data = _card(PTUMModelCardData(license="cc-by-nc-4.0"), model)
+    assert data.license == "cc-by-nc-4.0"
+    assert "`cc-by-nc-4.0`" in content

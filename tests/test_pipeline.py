@@ -12,6 +12,7 @@ from ptum_hf import PTUMModel
 from ptum_hf.cli import main as cli
 from ptum_hf.data import load_behavior_data
 from ptum_hf.finetuning import FinetuneArguments, default_training_arguments, finetune
+from ptum_hf.pretraining import PretrainingArguments
 
 from conftest import TINY
 
@@ -227,9 +228,12 @@ def test_finetune_cli_saves_model_with_card_and_group_error_rates(pretrained, tm
     assert type(PTUMModel.from_pretrained(tmp_path / "model")) is PTUMModel
 
 
-def test_bad_arguments_are_refused_clearly():
-    with pytest.raises(ValueError, match="preset must be one of"):
+def test_bad_arguments_are_refused_clearly(capsys):
+    with pytest.raises(SystemExit):  # argparse's choices: the message names the allowed presets
         cli(["pretrain", "--preset", "sasrec"])
+    assert "invalid choice: 'sasrec'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="preset must be one of"):
+        PretrainingArguments(preset="sasrec")
     with pytest.raises(ValueError, match="config_overrides is not valid JSON"):
         cli(["pretrain", "--config_overrides", "{nope"])
     with pytest.raises(ValueError, match="label_fraction must be in"):

@@ -31,6 +31,31 @@ PRESETS = {
     },
 }
 
+# Model sizes, independent of the preset (which only picks the encoders). "paper" is the paper's (300-d words, 256-d
+# vectors, 100 behaviors of 30 tokens), slow on a CPU; "small" is what the experiments use; "tiny" is for smoke runs
+# and tests. `PTUMConfig.from_preset(name, size=...)` applies one; explicit fields override it.
+SIZE_PRESETS = {
+    "paper": {},
+    "small": {
+        "word_embedding_dim": 64,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "additive_attention_dim": 32,
+        "intermediate_size": 128,
+        "max_behaviors": 50,
+        "max_tokens_per_behavior": 16,
+    },
+    "tiny": {
+        "word_embedding_dim": 16,
+        "hidden_size": 16,
+        "num_attention_heads": 2,
+        "additive_attention_dim": 8,
+        "intermediate_size": 32,
+        "max_behaviors": 20,
+        "max_tokens_per_behavior": 12,
+    },
+}
+
 # Upper bounds of the size fields. A config.json is input from whoever made the checkpoint: without a bound, one that
 # asks for `hidden_size: 10000000` fails only when torch cannot allocate the weights (petabytes) or when transformers
 # compares weight shapes, and neither message names the field; a size just small enough to fit takes the memory. The
@@ -102,7 +127,11 @@ class PTUMConfig(PretrainedConfig):
         bag_dropout (`float`, *optional*, defaults to 0.5): share of the history hidden from the user encoder.
         predictor (`str`, *optional*, defaults to `"dot"`): how a candidate is scored against the user vector.
         label_heads (`dict[str, int]`, *optional*, defaults to `{"age": 4, "gender": 2}`): demographic heads and
-            their class counts.
+            their class counts. `from_pretrained(..., num_labels=n)` sets the one head's count to n (refused with
+            several heads, where it is ambiguous).
+        label_names (`dict[str, list]`, *optional*): class names (strings or integers) of label heads, in class-id
+            order: `label_names[head][i]` is class i of `head`. Set by fine-tuning from the labels it read. With one
+            head, `id2label` / `label2id` follow it (or `LABEL_i` without names).
         freeze_user_model (`bool`, *optional*, defaults to `False`): train only the head ("no finetune").
         classifier_layer_norm (`bool`, *optional*, defaults to `False`): LayerNorm on the user vector before the
             demographic classifier. Pre-trained user vectors are small and share a large common component, which a
@@ -111,6 +140,10 @@ class PTUMConfig(PretrainedConfig):
         ad_prior (`bool`, *optional*, defaults to `False`): CTR adds a learned linear score of the ad vector to the
             click logit: a per-ad prior (how often an ad is clicked by anyone), which the user/ad dot product can
             only learn through a component shared by every user vector.
+        ad_id_bias (`bool`, *optional*, defaults to `False`): CTR adds a learned bias per ad identity, indexed by the
+            ad title's id bucket (needs `behavior_id_buckets` > 0): what an item's own click rate says, which its
+            text may not. The biases start at 0 and only ads seen in training move theirs, so a new ad is scored
+            from its text (and any bucket it shares by hashing).
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal initialiser.
 
     Example:
@@ -155,10 +188,12 @@ class PTUMConfig(PretrainedConfig):
         bag_dropout: float = 0.5,
         predictor: str = "dot",
         label_heads: dict | None = None,
+        label_names: dict | None = None,
         freeze_user_model: bool = False,
         classifier_layer_norm: bool = False,
         share_ad_encoder: bool = True,
         ad_prior: bool = False,
+        ad_id_bias: bool = False,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -195,10 +230,15 @@ class PTUMConfig(PretrainedConfig):
         self.bag_dropout = bag_dropout
         self.predictor = predictor
         self.label_heads = dict(label_heads) if label_heads is not None else {"age": 4, "gender": 2}
+        self.label_names = {} if label_names is None else label_names
+        num_labels = kwargs.pop("num_labels", None)  # transformers' name for the class count of a classifier
+        if num_labels is not None:
+            self._set_num_labels(num_labels)
         self.freeze_user_model = freeze_user_model
         self.classifier_layer_norm = classifier_layer_norm
         self.share_ad_encoder = share_ad_encoder
         self.ad_prior = ad_prior
+        self.ad_id_bias = ad_id_bias
         self.initializer_range = initializer_range
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.validate_ptum()
@@ -219,11 +259,14 @@ class PTUMConfig(PretrainedConfig):
         return config_dict, unused
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "PTUMConfig":
-        """A config for one of the paper's user models: `han`, `hura`, `hsa`, `gru4rec`, `nativectr`, `bert4rec`."""
+    def from_preset(cls, name: str, size: str = "paper", **overrides) -> "PTUMConfig":
+        """A config for one of the paper's user models (`han`, `hura`, `hsa`, `gru4rec`, `nativectr`, `bert4rec`) at
+        one of the `SIZE_PRESETS` (`paper`, `small`, `tiny`); `overrides` win over both."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        if size not in SIZE_PRESETS:
+            raise ValueError(f"unknown size {size!r}; allowed: {', '.join(SIZE_PRESETS)}")
+        return cls(**{**PRESETS[name], **SIZE_PRESETS[size], **overrides})
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """`PretrainedConfig.save_pretrained`, after checking that what it writes loads back: an attribute set on the
@@ -233,6 +276,39 @@ class PTUMConfig(PretrainedConfig):
         except ValueError as error:
             raise ValueError(f"this config would not load back, so it is not saved: {error}") from None
         return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def _set_num_labels(self, num_labels):
+        """`num_labels` (e.g. `AutoModelForSequenceClassification.from_pretrained(p, num_labels=5)`) is the class
+        count of the one label head; its class names go when the count changes (they named the old classes)."""
+        if len(self.label_heads) != 1:
+            raise ValueError(
+                f"num_labels={num_labels!r} sets the class count of a model with one label head, but label_heads "
+                f"has {len(self.label_heads)}: {self.label_heads}; pass label_heads={{'<name>': {num_labels!r}}} "
+                "instead"
+            )
+        ((head, classes),) = self.label_heads.items()
+        if num_labels != classes:
+            self.label_heads = {head: num_labels}
+            if isinstance(self.label_names, dict):
+                self.label_names = {k: v for k, v in self.label_names.items() if k != head}
+
+    def _check_label_names(self):
+        if not isinstance(self.label_names, dict):
+            raise ValueError(f"label_names must be a dict of head name -> class names, got {self.label_names!r}")
+        for head, names in self.label_names.items():
+            if head not in self.label_heads:
+                raise ValueError(f"label_names has head {head!r}, which is not in label_heads {list(self.label_heads)}")
+            if not isinstance(names, (list, tuple)) or any(
+                isinstance(name, bool) or not isinstance(name, (str, int)) for name in names
+            ):
+                raise ValueError(f"label_names[{head!r}] must be a list of class names (strings or integers)")
+            if len(names) != self.label_heads[head]:
+                raise ValueError(
+                    f"label_names[{head!r}] has {len(names)} class names but label_heads[{head!r}] has "
+                    f"{self.label_heads[head]} classes"
+                )
+            if len({str(name) for name in names}) != len(names):
+                raise ValueError(f"label_names[{head!r}] names a class twice (names are compared as text)")
 
     def validate_ptum(self):
         """Raise `ValueError` naming the first bad field and what it allows."""
@@ -254,6 +330,7 @@ class PTUMConfig(PretrainedConfig):
             "share_ad_encoder",
             "classifier_layer_norm",
             "ad_prior",
+            "ad_id_bias",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -275,6 +352,8 @@ class PTUMConfig(PretrainedConfig):
             raise ValueError(
                 f"behavior_id_buckets must be an integer in [0, {MAX_ID_BUCKETS}] (0: none), got {buckets!r}"
             )
+        if self.ad_id_bias and not buckets:
+            raise ValueError("ad_id_bias needs behavior_id_buckets > 0 (the bias is indexed by the ad's id bucket)")
         if not _is_number(self.bag_weight) or not 0.0 <= self.bag_weight < math.inf:
             raise ValueError(f"bag_weight must be a finite number >= 0, got {self.bag_weight!r}")
         if not _is_number(self.bag_dropout) or not 0.0 <= self.bag_dropout < 1.0:
@@ -302,6 +381,14 @@ class PTUMConfig(PretrainedConfig):
                     f"label_heads[{head!r}] (number of classes) must be at most {MAX_LABEL_CLASSES} "
                     f"(PTUMConfig's upper bound), got {classes!r}"
                 )
+        self._check_label_names()
+        if len(self.label_heads) == 1:
+            # Here rather than in __init__: from_pretrained sets its overrides after __init__, and the model's
+            # __init__ validates again, so the standard maps follow label_heads / label_names either way.
+            ((head, classes),) = self.label_heads.items()
+            names = self.label_names.get(head) or [f"LABEL_{i}" for i in range(classes)]
+            self.id2label = {i: str(name) for i, name in enumerate(names)}
+            self.label2id = {name: i for i, name in self.id2label.items()}
         if self.behavior_encoder_type == "pretrained":
             _check_text_encoder_config(self.text_encoder_config)
         elif self.text_encoder_config is not None and not isinstance(self.text_encoder_config, dict):
@@ -383,6 +470,7 @@ _TRANSFORMERS_EXTRA_KEYS = frozenset(
         "name_or_path",
         "architectures",
         "auto_map",
+        "custom_pipelines",  # Pipeline.save_pretrained; PTUM checkpoints name their pipelines (pipeline_ptum.py)
         "model_type",
         "transformers_version",
         "dtype",
@@ -456,4 +544,4 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-__all__ = ["PTUMConfig", "PRESETS"]
+__all__ = ["PTUMConfig", "PRESETS", "SIZE_PRESETS"]

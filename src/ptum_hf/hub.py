@@ -14,6 +14,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard
 
 from .atomic import atomic_directory
+from .data.tokenization import write_portable_tokenizer_class
 from .modelcard import PTUMModelCardData, create_model_card
 from .modeling_ptum import write_checksums
 
@@ -104,6 +105,8 @@ def write_checkpoint(model, folder, tokenizer=None, card=None) -> list[str]:
         model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+        if (folder / "tokenizer_config.json").is_file():
+            write_portable_tokenizer_class(folder / "tokenizer_config.json")  # whatever class the tokenizer is
     _as_model_card(card, model).save(folder / "README.md")
     write_checksums(folder)  # last: it hashes the weights as they are on disk
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import TrainerCallback
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "ptum_model_card_template.md"
@@ -33,18 +35,28 @@ CITATION = """@inproceedings{wu-etal-2020-ptum,
     url = "https://aclanthology.org/2020.findings-emnlp.174",
 }"""
 
-# Model class -> (task key, model-index task type, readable task name).
+# The Hub has no user-modeling task. A head reads a user's event log (rows of user id, time and text: a table) and
+# gives one class per user (demographics) or per user and ad (a click): `tabular-classification` is the Hub task whose
+# input and output are those. `text-classification` would promise that one string in gives a label out, which it does
+# not. The encoder's output, a vector per user, is what `feature-extraction` means.
+USER_CLASSIFICATION_TAG = "tabular-classification"
+# Model class -> (task key, the Hub task: `pipeline_tag` and model-index task type, readable task name).
 CARD_TASKS = {
     "PTUMModel": ("user-model", "feature-extraction", "User representation"),
     "PTUMForPretraining": ("pretraining", "feature-extraction", "User model pre-training (MBP + NBP)"),
     "PTUMForDemographicClassification": (
         "demographics",
-        "text-classification",
+        USER_CLASSIFICATION_TAG,
         "Demographic prediction from user behavior",
     ),
-    "PTUMForCTR": ("ctr", "text-classification", "Click-through rate prediction"),
+    "PTUMForCTR": ("ctr", USER_CLASSIFICATION_TAG, "Click-through rate prediction"),
 }
 PRETRAINING_TASK = ("feature-extraction", "User model pre-training (MBP + NBP)")
+DEFAULT_LICENSE = "apache-2.0"  # the package's own; pass `license=` for a model whose data says otherwise
+# Extra tags per task key, beside the common ones.
+TASK_TAGS = {"demographics": ["demographic-prediction"], "ctr": ["click-through-rate"], "pretraining": ["pretraining"]}
+# Suffixes of behavior logs (`read_behavior_log`): such a name is a file, even where it does not exist here.
+LOG_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".jsonl", ".parquet", ".gz", ".bz2", ".zst", ".xz")
 
 LIBRARIES = ("ptum-hf", "transformers", "torch", "huggingface_hub", "accelerate", "datasets", "evaluate", "tokenizers")
 
@@ -91,6 +103,36 @@ def current_command() -> str:
     return shlex.join(["python", *sys.argv])
 
 
+def is_hub_id(name: str | None) -> bool:
+    """Whether `name` is a Hub repository id (`org/name` or `name`), not a local path: a card links only those."""
+    if not name or Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def dataset_reference(source: str) -> tuple[str, str | None]:
+    """
+    How a card names the data a model was trained on: `(name, Hub dataset id or None)`.
+
+    A behavior log path becomes its file name (the folders say where it lay on one machine, and may name a person), a
+    glob keeps its folder's name (`logs/*.csv`); an `org/name` that is no local file is a `datasets` id; anything else,
+    such as a built-in source (`synthetic`, `movielens-100k`), stays as given.
+    """
+    text = str(source)
+    path = Path(text)
+    if any(char in text for char in "*?["):
+        return (f"{path.parent.name}/{path.name}" if path.parent.name else path.name), None
+    if path.exists() or path.is_absolute() or path.suffix.lower() in LOG_SUFFIXES or text.startswith("."):
+        return path.name or text, None
+    if "/" in text and is_hub_id(text):
+        return text, text
+    return text, None
+
+
 @dataclass
 class PTUMModelCardData:
     """
@@ -99,8 +141,9 @@ class PTUMModelCardData:
     Args:
         model_id (`str`, *optional*): the Hub repository, e.g. `"org/ptum-hsa-mind"`; used in the loading examples.
         model_name (`str`, *optional*): a readable name; also names the `model-index`. Defaults to `model_id`.
-        base_model (`str`, *optional*): the checkpoint this model was fine-tuned from.
-        language, license, tags: Hub metadata.
+        base_model (`str`, *optional*): the checkpoint this model was fine-tuned from. Only a Hub id becomes the
+            card's `base_model` link; a local folder is said to be "a local checkpoint" (its path is not written).
+        language, license, tags: Hub metadata; `license` defaults to `apache-2.0`, the task adds its tags.
         model_class (`str`, *optional*): e.g. `"PTUMForDemographicClassification"`; set by `record_model`.
         datasets (`dict`): dataset name -> `{"id", "split", "role", "stats"}`; see `record_dataset`.
         hyperparameters (`dict`): the model config's PTUM fields; see `record_config`.
@@ -117,7 +160,7 @@ class PTUMModelCardData:
     model_name: str | None = None
     base_model: str | None = None
     language: str | list[str] | None = None
-    license: str | None = None
+    license: str | None = DEFAULT_LICENSE
     tags: list[str] = field(default_factory=lambda: ["ptum", "user-modeling", "recommendation"])
     model_class: str | None = None
     num_parameters: int | None = None
@@ -133,6 +176,8 @@ class PTUMModelCardData:
     group_error_rates_dataset: str | None = None
     versions: dict[str, str] = field(default_factory=library_versions)
     command: str = field(default_factory=current_command)
+    # The data sources as given (a path, a built-in name) -> as the card names them (`dataset_reference`).
+    dataset_sources: dict[str, str] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ recording
 
@@ -167,7 +212,10 @@ class PTUMModelCardData:
     def record_dataset(
         self, name: str, stats: dict, dataset_id: str | None = None, split: str | None = None, role: str | None = None
     ) -> None:
-        """Statistics of a dataset (users, behaviors, unique behaviors, ...); `role` is e.g. `"pre-training"`."""
+        """Statistics of a dataset (users, behaviors, unique behaviors, ...); `role` is e.g. `"pre-training"`.
+        `name` is the source as given: a log path is named by its file, an `org/name` is taken as a Hub dataset id."""
+        name, hub_id = self._dataset_name(name)
+        dataset_id = dataset_id or hub_id
         entry = self.datasets.setdefault(name, {"id": None, "split": None, "role": None, "stats": {}})
         entry["stats"].update({key: _plain(value) for key, value in stats.items()})
         for key, value in (("id", dataset_id), ("split", split), ("role", role)):
@@ -182,7 +230,7 @@ class PTUMModelCardData:
         row = {"step": int(step), **{_strip_split(key)[1]: _plain(value) for key, value in metrics.items()}}
         self.pretraining_log.append(row)
         if dataset is not None:
-            self.pretraining_dataset = dataset
+            self.pretraining_dataset = self._mention_dataset(dataset, "pre-training")
         self.results["pretraining/held-out users"] = {
             "task": "pretraining",
             "split": "held-out users",
@@ -204,6 +252,8 @@ class PTUMModelCardData:
             if name not in SPEED_METRICS:
                 values[name] = _plain(value)
         split = split or "eval"
+        if dataset is not None:
+            dataset = self._mention_dataset(dataset, "fine-tuning")
         self.evaluation_log.append({"step": step, "epoch": epoch, "split": split, **values})
         self.results[f"fine-tuning/{split}"] = {
             "task": "fine-tuning",  # which one is read from the model class when the card is rendered
@@ -222,7 +272,33 @@ class PTUMModelCardData:
                     for group, value in groups.items()
                 }
         if dataset is not None:
+            # e.g. "<source> (test users)": the source named as everywhere else in the card
+            for source, name in sorted(self.dataset_sources.items(), key=lambda item: -len(item[0])):
+                dataset = dataset.replace(source, name)
             self.group_error_rates_dataset = dataset
+
+    def _mention_dataset(self, source: str, role: str) -> str:
+        """The card's name of `source`, which is listed among the datasets (used for `role`, unless it has one)."""
+        self.record_dataset(source, {})
+        name = self.dataset_sources[str(source)]
+        self.datasets[name]["role"] = self.datasets[name]["role"] or role
+        return name
+
+    def _dataset_name(self, source: str) -> tuple[str, str | None]:
+        """`dataset_reference(source)`, remembered so that later mentions of `source` are named the same."""
+        name, hub_id = dataset_reference(source)
+        self.dataset_sources[str(source)] = name
+        return name, hub_id
+
+    @property
+    def default_dataset(self) -> str | None:
+        """The dataset a result without one was measured on: the last one recorded."""
+        return next(reversed(self.datasets), None)
+
+    @property
+    def base_model_id(self) -> str | None:
+        """`base_model` when it is a Hub id (linked in the card), else None."""
+        return self.base_model if is_hub_id(self.base_model) else None
 
     # ------------------------------------------------------------------ rendering
 
@@ -232,7 +308,7 @@ class PTUMModelCardData:
         eval_results = []
         for result in self.results.values():
             task_type, task_name = self._task_of(result["task"])
-            dataset = result["dataset"] or "unknown"
+            dataset = result["dataset"] or self.default_dataset or "unknown"
             dataset_id = self.datasets.get(dataset, {}).get("id") or dataset
             for name, value in result["metrics"].items():
                 if isinstance(value, float) and math.isnan(value):
@@ -255,20 +331,22 @@ class PTUMModelCardData:
         """(model-index task type, readable name) of a recorded result."""
         if task == "pretraining":
             return PRETRAINING_TASK
-        _, task_type, task_name = CARD_TASKS.get(self.model_class, (None, "text-classification", "Fine-tuning"))
+        _, task_type, task_name = CARD_TASKS.get(self.model_class, (None, USER_CLASSIFICATION_TAG, "Fine-tuning"))
         return task_type, task_name
 
     def to_model_card_data(self) -> ModelCardData:
         """The card's YAML metadata, `model-index` included."""
         eval_results = self.eval_results
+        task, pipeline_tag, _ = CARD_TASKS.get(self.model_class, ("user-model", "feature-extraction", None))
         return ModelCardData(
             # The Hub reads model_name only as the model-index's name.
             model_name=(self.model_name or self.model_id or "PTUM user model") if eval_results else None,
-            base_model=self.base_model,
+            base_model=self.base_model_id,
             language=self.language,
             license=self.license,
             library_name="transformers",
-            tags=list(self.tags),
+            pipeline_tag=pipeline_tag,
+            tags=[*self.tags, *(tag for tag in TASK_TAGS.get(task, []) if tag not in self.tags)],
             datasets=[entry["id"] for entry in self.datasets.values() if entry["id"]] or None,
             metrics=sorted({result.metric_type for result in eval_results}) or None,
             eval_results=eval_results or None,
@@ -280,7 +358,9 @@ class PTUMModelCardData:
         return {
             "model_id": self.model_id or "path/to/checkpoint",
             "model_name": self.model_name or self.model_id or "PTUM user model",
-            "base_model": self.base_model,
+            "base_model": self.base_model_id,
+            "base_model_local": bool(self.base_model) and not self.base_model_id,
+            "license": self.license,
             "model_class": self.model_class or "PTUMModel",
             "task": task,
             "task_name": task_name,
@@ -292,7 +372,7 @@ class PTUMModelCardData:
             ],
             "hyperparameters": {key: _format(value) for key, value in self.hyperparameters.items()},
             "training_args": {key: _format(value) for key, value in self.training_args.items()},
-            "pretraining_dataset": self.pretraining_dataset,
+            "pretraining_dataset": self.pretraining_dataset or (self.default_dataset if self.pretraining_log else None),
             "pretraining_log": _table(self.pretraining_log),
             "evaluation_log": _table(self.evaluation_log),
             "group_error_rates": self.group_error_rates,

@@ -53,6 +53,11 @@ REMOTE_AUTO_MAP = {
 # accepted when false (there is nothing to return for them).
 _IGNORED_FORWARD_KWARGS = ("num_items_in_batch",)
 _UNSUPPORTED_OUTPUT_FLAGS = ("output_attentions", "output_hidden_states")
+_TEXT_INPUT_HINT = (
+    ". PTUM models read users (histories of behaviors), not one tokenized text: for raw events (user_id, timestamp, "
+    "text) use model.encode(events), model.predict(events), or pipeline('user-feature-extraction' | "
+    "'user-classification', model=..., trust_remote_code=True)"
+)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -148,6 +153,13 @@ def build_behavior_table(input_ids: torch.LongTensor, attention_mask: torch.Long
 
 
 # ----------------------------------------------------------------------------- building blocks
+
+
+def _is_exporting() -> bool:
+    """Whether `torch.export` (or the ONNX exporter on top of it) is tracing: the paths whose sizes or branches depend
+    on values (input checks, packing by length) then take shape-only equivalents, so one graph serves every batch."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # older torch: export sets only is_compiling
+    return is_exporting() if is_exporting is not None else torch.compiler.is_compiling()
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -359,6 +371,8 @@ class PTUMTransformerLayer(nn.Module):
 
 def _packed_rnn(rnn: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor):
     """Run an RNN over right-padded `x` (B, N, D) so padding never enters it; returns (outputs, last states)."""
+    if _is_exporting():
+        return _padded_rnn(rnn, x, mask)
     lengths = mask.sum(-1).clamp(min=1).cpu()
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     outputs, state = rnn(packed)
@@ -367,6 +381,28 @@ def _packed_rnn(rnn: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor):
         state = state[0]
     last = torch.cat([state[-1]] if not rnn.bidirectional else [state[-2], state[-1]], dim=-1)
     return outputs, last
+
+
+def _padded_rnn(rnn: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor):
+    """`_packed_rnn` where packing cannot be traced (its sizes are data): the same outputs at valid slots (padding
+    slots hold anything finite; callers mask them) and last states, from plain runs of PTUM's one-layer RNNs. A forward
+    direction never reads a later slot; the backward one runs over each row shifted right to end at the last slot."""
+    batch, slots, _ = x.shape
+    lengths = mask.sum(-1).clamp(min=1)
+    outputs, _ = rnn(x)
+    last_slot = (lengths - 1).view(batch, 1, 1)
+    if not rnn.bidirectional:
+        return outputs, outputs.gather(1, last_slot.expand(-1, 1, outputs.shape[-1])).squeeze(1)
+    half = outputs.shape[-1] // 2
+    shift = (slots - lengths)[:, None]
+    steps = torch.arange(slots, device=x.device)[None]
+    # No `% slots`: ONNX conversion takes no remainder by a size. Clamped slots are outside the row: never read.
+    shifted = x.gather(1, (steps - shift).clamp(min=0)[..., None].expand_as(x))
+    back = torch.minimum(steps + shift, steps[:, -1:])
+    backward = rnn(shifted)[0][..., half:].gather(1, back[..., None].expand(-1, -1, half))
+    forward = outputs[..., :half]
+    last = torch.cat([forward.gather(1, last_slot.expand(-1, 1, half)).squeeze(1), backward[:, 0]], dim=-1)
+    return torch.cat([forward, backward], dim=-1), last
 
 
 # ----------------------------------------------------------------------------- behavior encoders
@@ -408,7 +444,7 @@ class PTUMBehaviorEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.bool()
         if self.kind in ("attention", "transformer"):
-            return self._forward_packed(input_ids, mask)
+            return self._forward_padded(input_ids, mask) if _is_exporting() else self._forward_packed(input_ids, mask)
         x = self.dropout(self.word_embeddings(input_ids))  # recurrent and convolutional layers see order themselves
         if self.kind == "cnn":
             x = torch.relu(self.context(x.masked_fill(~mask[..., None], 0.0).transpose(1, 2))).transpose(1, 2)
@@ -416,6 +452,19 @@ class PTUMBehaviorEncoder(nn.Module):
             x, _ = _packed_rnn(self.context, x, mask)
         else:  # gru
             return self.dropout(_packed_rnn(self.context, x, mask)[1]) * mask.any(-1, keepdim=True)
+        return self.pooling(self.dropout(x), mask)
+
+    def _forward_padded(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`_forward_packed` over the padded (M, L) table, for export (the length groups are data): padding is
+        masked out of attention and pooling instead of left out, which gives the same vectors."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.dropout(self.word_embeddings(input_ids) + self.position_embeddings(positions))
+        if self.kind == "attention":
+            x = self.context(x, mask)
+        else:
+            x = self.input_proj(x)
+            for layer in self.context:
+                x = layer(x, mask)
         return self.pooling(self.dropout(x), mask)
 
     def _forward_packed(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -507,6 +556,8 @@ class PTUMUserEncoder(nn.Module):
             x, last = _packed_rnn(self.rnn, self.dropout(x) * mask[..., None], mask)
             states = x * mask[..., None]
             return states, last * mask.any(-1, keepdim=True)
+        if _is_exporting():
+            return self._forward_padded(x, mask, positions, time_gaps)
         padded = _Padded(mask)
         x = padded.pack(x) + self.position_embeddings(padded.pack(positions))
         if time_gaps is not None:
@@ -519,6 +570,21 @@ class PTUMUserEncoder(nn.Module):
             x = self.dropout(self.attention.packed(x, padded))
         states = padded.pad(x)
         return states, padded.pool(self.pooling.scores(x), states)
+
+    def _forward_padded(self, x, mask, positions, time_gaps):
+        """The packed path of `forward` over all (B, N) slots, for export (the number of valid slots is data):
+        padding is masked out of attention and pooling instead of left out, which gives the same vectors."""
+        x = x + self.position_embeddings(positions)
+        if time_gaps is not None:
+            x = x + self.time_embeddings(self.time_buckets(time_gaps))
+        x = self.dropout(x)
+        if self.kind == "transformer":
+            for layer in self.layers:
+                x = layer(x, mask)
+        elif self.kind == "self_attention":
+            x = self.dropout(self.attention(x, mask))
+        states = x * mask[..., None]
+        return states, self.pooling(states, mask)
 
 
 # ----------------------------------------------------------------------------- models
@@ -559,9 +625,11 @@ class PTUMPreTrainedModel(PreTrainedModel):
         for name in unknown:
             close = difflib.get_close_matches(name, accepted, n=1)
             named.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        # Generic text callers (the `feature-extraction` pipeline) pass `input_ids`: say where users go instead.
+        hint = _TEXT_INPUT_HINT if "input_ids" in unknown else ""
         raise TypeError(
             f"{type(self).__name__}.forward() got unexpected keyword argument(s) {', '.join(named)}; "
-            f"it accepts: {', '.join(accepted)}"
+            f"it accepts: {', '.join(accepted)}{hint}"
         )
 
     def _return_dict(self, return_dict: bool | None) -> bool:
@@ -589,8 +657,11 @@ class PTUMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, PTUMModel):
             nn.init.normal_(module.mask_embedding, std=self.config.initializer_range)
         elif isinstance(module, PTUMForCTR):
-            # A bare parameter: `from_pretrained` leaves it uninitialised memory unless this sets it.
+            # Bare parameters: `from_pretrained` leaves them uninitialised memory unless this sets them. Ad biases
+            # start at 0 so that an ad never trained on keeps a 0 bias (scored from its text).
             nn.init.zeros_(module.bias)
+            if module.ad_id_bias is not None:
+                nn.init.zeros_(module.ad_id_bias)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
@@ -598,8 +669,12 @@ class PTUMPreTrainedModel(PreTrainedModel):
     def register_for_auto_classes(self):
         """Make `save_pretrained` copy this file and the config file beside the weights and map every Auto class,
         so the checkpoint loads with `trust_remote_code=True` where `ptum_hf` is not installed. Affects this instance
-        only (transformers' `register_for_auto_class` marks the whole class)."""
+        only (transformers' `register_for_auto_class` marks the whole class). The config also names the PTUM
+        pipelines (`custom_pipelines`), so `pipeline(task, model=folder, trust_remote_code=True)` finds them."""
+        from .pipeline_ptum import REMOTE_PIPELINES  # this import also makes `custom_object_save` copy that file
+
         self.config.auto_map = dict(REMOTE_AUTO_MAP)
+        self.config.custom_pipelines = json.loads(json.dumps(REMOTE_PIPELINES))  # a copy: pipeline() edits it
         self._ships_code = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -660,6 +735,47 @@ class PTUMPreTrainedModel(PreTrainedModel):
         """Train only the head from now on (the paper's "no finetune" rows)."""
         self.config.freeze_user_model = True
         self.ptum.requires_grad_(False)
+
+    # -- inference on raw events (the rules: `processing_ptum`, which ships with this file) ------------------------
+
+    def encode(self, users, tokenizer=None, batch_size: int = 64, return_tensors: str = "np"):
+        """User embeddings of raw events: `UserEmbeddings(user_ids, embeddings)`, one row per user in order of first
+        appearance.
+
+        `users`: a list of event dicts (`user_id`, `timestamp`, `text`), a pandas DataFrame or `datasets.Dataset`
+        with those columns, or a log path (CSV, TSV, JSON lines, Parquet). Each user's last `config.max_behaviors`
+        behaviors are read, with time gaps in seconds to the last one (as in training and `ptum-hf embed`).
+        `tokenizer`: by default the one saved with the checkpoint. `return_tensors`: `"np"` (float32) or `"pt"`."""
+        from .processing_ptum import UserEmbeddings
+
+        user_ids, vectors = [], []
+        for ids, output in self._run_on_users(users, tokenizer, batch_size, self.base_model):
+            user_ids += ids
+            vectors.append(output.user_embeddings.float().cpu())
+        return UserEmbeddings(user_ids, _as_tensors(torch.cat(vectors), return_tensors))
+
+    def _run_on_users(self, users, tokenizer, batch_size: int, model: nn.Module):
+        """Yield (user ids, `model`'s output) per batch of users, in eval mode and without gradients."""
+        from .processing_ptum import iter_user_batches, load_tokenizer_of, read_user_events
+
+        events = read_user_events(users)
+        if tokenizer is None:  # loaded once per model
+            tokenizer = self.__dict__.get("_inference_tokenizer") or load_tokenizer_of(self)
+            self.__dict__["_inference_tokenizer"] = tokenizer
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for ids, inputs in iter_user_batches(events, tokenizer, self.config, batch_size):
+                    yield ids, model(**{k: v.to(self.device) for k, v in inputs.items()}, return_dict=True)
+        finally:
+            self.train(was_training)
+
+
+def _as_tensors(values: torch.Tensor, return_tensors: str):
+    if return_tensors not in ("np", "pt"):
+        raise ValueError(f"return_tensors must be 'np' (numpy) or 'pt' (torch), got {return_tensors!r}")
+    return values.numpy() if return_tensors == "np" else values
 
 
 _SAFE_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
@@ -1061,7 +1177,8 @@ class PTUMModel(PTUMPreTrainedModel):
         if self.behavior_id_embeddings is None or bucket_ids is None:
             return encoded
         buckets = self.behavior_id_embeddings.num_embeddings
-        if bucket_ids.shape != encoded.shape[:1] or (bucket_ids.numel() and int(bucket_ids.max()) >= buckets):
+        checked = bucket_ids.numel() and not _is_exporting()  # a value check: the exported graph has none
+        if bucket_ids.shape != encoded.shape[:1] or (checked and int(bucket_ids.max()) >= buckets):
             raise ValueError(
                 f"behavior_bucket_ids must be ({encoded.shape[0]},) ids in [-1, {buckets}); got shape "
                 f"{tuple(bucket_ids.shape)}"
@@ -1075,11 +1192,14 @@ class PTUMModel(PTUMPreTrainedModel):
             return self.mask_embedding.new_zeros(0, self.config.hidden_size)
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
-        # Drop all-padding token columns: L is the longest behavior here, not a fixed maximum.
-        length = max(int(attention_mask.sum(-1).max()) if attention_mask.numel() else 1, 1)
-        length = min(length, self.config.max_tokens_per_behavior)
+        # Drop all-padding token columns: L is the longest behavior here, not a fixed maximum. An exported graph
+        # takes L as given (a value cannot size it, and a cut to the maximum breaks the RNN's export): the export
+        # bounds L by max_tokens_per_behavior instead.
+        if not _is_exporting():
+            length = max(int(attention_mask.sum(-1).max()) if attention_mask.numel() else 1, 1)
+            length = min(length, self.config.max_tokens_per_behavior)
+            input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         encoder = self.behavior_encoder if encoder is None else encoder
-        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # The behavior encoder holds most of a step's activations. Recomputed in the backward a chunk of
             # behaviors at a time, they never exist for more than one chunk: memory stops growing with the batch's
@@ -1192,7 +1312,7 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int):
         raise ValueError(
             f"behavior_input_ids must be 2-D (num_unique_behaviors, max_tokens), got shape {tuple(input_ids.shape)}"
         )
-    if not input_ids.numel():
+    if not input_ids.numel() or _is_exporting():  # value checks: an exported graph checks shapes and dtypes only
         return
     low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one device sync
     if low < 0 or high >= vocab_size:
@@ -1205,6 +1325,8 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int):
 
 
 def _check_indices(indices: torch.Tensor, num_behaviors: int, name: str):
+    if _is_exporting():  # a value check, as in `_check_token_ids`
+        return
     if indices.numel() and (int(indices.max()) >= num_behaviors or int(indices.min()) < MASK_INDEX):
         raise ValueError(
             f"{name} must hold rows of the behavior table in [0, {num_behaviors}) or -1 (padding) / -2 (mask); "
@@ -1359,6 +1481,33 @@ class PTUMForDemographicClassification(PTUMPreTrainedModel):
         """(..., sum of classes) -> {head name: (..., classes)} in `config.label_heads` order."""
         return dict(zip(self.config.label_heads, logits.split(list(self.config.label_heads.values()), dim=-1)))
 
+    def predict_proba(self, users, tokenizer=None, batch_size: int = 64, return_tensors: str = "np"):
+        """Class probabilities of raw events (`users` as in `encode`): `UserProbabilities(user_ids, probabilities,
+        class_names)`, `probabilities[head]` of shape (num_users, num_classes), columns in `class_names[head]` order
+        (`config.label_names`, or the class ids as strings)."""
+        from .processing_ptum import UserProbabilities, class_names
+
+        names = class_names(self.config)
+        user_ids, chunks = [], {head: [] for head in names}
+        for ids, output in self._run_on_users(users, tokenizer, batch_size, self):
+            user_ids += ids
+            for head, logits in self.split_logits(output.logits).items():
+                chunks[head].append(logits.float().softmax(-1).cpu())
+        probabilities = {head: _as_tensors(torch.cat(parts), return_tensors) for head, parts in chunks.items()}
+        return UserProbabilities(user_ids, probabilities, names)
+
+    def predict(self, users, tokenizer=None, batch_size: int = 64):
+        """The most probable class name per label head of raw events (`users` as in `encode`):
+        `UserPredictions(user_ids, labels)`, `labels[head]` a list with one class name per user."""
+        from .processing_ptum import UserPredictions
+
+        result = self.predict_proba(users, tokenizer, batch_size, return_tensors="pt")
+        labels = {
+            head: [result.class_names[head][i] for i in probabilities.argmax(-1).tolist()]
+            for head, probabilities in result.probabilities.items()
+        }
+        return UserPredictions(result.user_ids, labels)
+
     def forward(
         self,
         behavior_input_ids: torch.LongTensor | None = None,
@@ -1411,7 +1560,7 @@ class PTUMForCTR(PTUMPreTrainedModel):
     """PTUM user model scoring a candidate ad: the ad's title and description are encoded by the behavior encoder
     (shared with the user side unless `config.share_ad_encoder=False`), combined by additive attention as in the
     paper's ad encoder, and the click logit is the user/ad dot product plus a bias (plus, with `config.ad_prior`, a
-    linear score of the ad vector alone)."""
+    linear score of the ad vector alone; with `config.ad_id_bias`, a learned bias per ad identity)."""
 
     def __init__(self, config: PTUMConfig):
         super().__init__(config)
@@ -1421,6 +1570,7 @@ class PTUMForCTR(PTUMPreTrainedModel):
         self.ad_pooling = PTUMAdditiveAttention(config.hidden_size, config.additive_attention_dim)
         self.bias = nn.Parameter(torch.zeros(()))
         self.ad_prior = nn.Linear(config.hidden_size, 1) if config.ad_prior else None
+        self.ad_id_bias = nn.Parameter(torch.zeros(config.behavior_id_buckets)) if config.ad_id_bias else None
         self.post_init()
         self._freeze_user_model_if_configured()
 
@@ -1432,6 +1582,13 @@ class PTUMForCTR(PTUMPreTrainedModel):
         parts = torch.stack([title_indices, description_indices], dim=1)
         vectors = self.ad_projection(self.ptum.gather_behaviors(table, parts))
         return self.ad_pooling(vectors, parts != PAD_INDEX)
+
+    def ad_bias(self, behavior_bucket_ids: torch.LongTensor | None, ad_title_indices: torch.LongTensor):
+        """(B,) each ad's learned bias (`config.ad_id_bias`), by its title's id bucket; 0 for a bucket of -1."""
+        if behavior_bucket_ids is None:
+            raise ValueError("ad_id_bias needs behavior_bucket_ids (the collators give them with behavior_id_buckets)")
+        buckets = behavior_bucket_ids[ad_title_indices]
+        return self.ad_id_bias[buckets.clamp(min=0)] * (buckets >= 0)
 
     def forward(
         self,
@@ -1484,6 +1641,8 @@ class PTUMForCTR(PTUMPreTrainedModel):
         logits = (user * ad).sum(-1) + self.bias
         if self.ad_prior is not None:
             logits = logits + self.ad_prior(ad).squeeze(-1)
+        if self.ad_id_bias is not None:
+            logits = logits + self.ad_bias(behavior_bucket_ids, ad_title_indices)
         loss = None
         if labels is not None:
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float().view(-1))

@@ -33,6 +33,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..modeling_ptum import IGNORE_INDEX, MASK_INDEX, PAD_INDEX
+from ..processing_ptum import history_windows
 from .dataset import BehaviorDataset, UserSequences
 from .negatives import NegativeSampler, sample_negatives, unique_sorted
 from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, text_hash, tokenize
@@ -164,16 +165,9 @@ class BehaviorCollatorBase:
     @staticmethod
     def windows(events: _Events, starts: np.ndarray, ends: np.ndarray, max_behaviors: int):
         """(ids (B, N) with -1 padding, time gaps (B, N) float32, lengths (B,)) of events [starts, ends), keeping
-        the last `max_behaviors`; the reference time is the last event of each window."""
-        lengths = np.minimum(ends - starts, max_behaviors)
-        width = int(lengths.max()) if len(lengths) else 0
-        index = (ends - lengths)[:, None] + np.arange(width)
-        valid = np.arange(width) < lengths[:, None]
-        index = np.where(valid, index, 0)
-        ids = np.where(valid, events.behavior_ids[index], PAD_INDEX)
-        reference = events.timestamps[np.maximum(ends - 1, 0)]
-        gaps = np.where(valid, reference[:, None] - events.timestamps[index], 0).astype(np.float32)
-        return ids, gaps, lengths
+        the last `max_behaviors`; the reference time is the last event of each window. The rule lives in
+        `processing_ptum.history_windows`, which ships with checkpoints, so inference from raw events matches."""
+        return history_windows(events.behavior_ids, events.timestamps, starts, ends, max_behaviors)
 
     def behavior_table(self, events: _Events, *referenced: np.ndarray):
         """(table of unique behavior ids, input_ids (M, L), attention_mask (M, L)) over every id >= 0 referenced."""

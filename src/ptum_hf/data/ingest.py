@@ -38,7 +38,8 @@ Handled and counted:
       no MBP/NBP target (label -100), the downstream collators use it normally;
     - text: whitespace runs (newlines, tabs) become one space and the ends are stripped; a text longer than
       `max_text_chars` (default 1000) is cut (`texts_truncated`) and kept;
-    - labels: a user without a labels row or with an empty value has the label missing (`missing_labels`).
+    - labels: a user without a labels row or with an empty value has the label missing (`missing_labels`); the
+      users of each class are counted too (`label_counts`), and `summary()` shows both per label.
 
 Not data, not counted: a UTF-8 byte order mark at the start of a CSV/TSV/JSON lines file is skipped.
 

@@ -118,6 +118,7 @@ def encode_labels(
         report.invalid_labels[name] = int((values == -2).sum())
         values[values == -2] = -1
         report.missing_labels[name] = int((values == -1).sum()) - report.invalid_labels[name]
+        report.label_counts[name] = dict(zip(names, np.bincount(values[values >= 0], minlength=len(names)).tolist()))
         encoded[name], classes[name] = values, names
     report.invalid_labels = {k: v for k, v in report.invalid_labels.items() if v}
     report.missing_labels = {k: v for k, v in report.missing_labels.items() if v}

@@ -40,12 +40,29 @@ BOM = "\ufeff"
 _CSV_LIMIT_LOCK = threading.Lock()
 
 
-def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """A path, a directory, a glob pattern, or a list of them -> the sorted list of files they name."""
-    if isinstance(paths, (str, os.PathLike)):
+class FramePath(str):
+    """A pandas DataFrame given where a log path goes: it reads as a table of events (format `frame`), and names
+    itself `<DataFrame>` (or `<DataFrame i>` in a list) in reports and errors."""
+
+    frame: pd.DataFrame
+
+    def __new__(cls, frame: pd.DataFrame, name: str = "<DataFrame>"):
+        path = super().__new__(cls, name)
+        path.frame = frame
+        return path
+
+
+def resolve_paths(paths: str | os.PathLike | pd.DataFrame | Sequence[str | os.PathLike | pd.DataFrame]) -> list[str]:
+    """A path, a directory, a glob pattern, a DataFrame (a `FramePath`), or a list of them -> the sorted list of
+    files they name."""
+    if isinstance(paths, (str, os.PathLike, pd.DataFrame)):
         paths = [paths]
     files = []
+    frames = sum(isinstance(path, pd.DataFrame) for path in paths)
     for path in paths:
+        if isinstance(path, pd.DataFrame):
+            files.append(FramePath(path, "<DataFrame>" if frames == 1 else f"<DataFrame {len(files)}>"))
+            continue
         path = os.fspath(path)
         if glob.has_magic(path):
             found = sorted(glob.glob(path, recursive=True))
@@ -67,7 +84,10 @@ def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
 
 
 def detect_format(path: str, format: str | None = None) -> str:
-    """`csv`, `tsv`, `jsonl` or `parquet`, from `format` or the file name (a `.gz` suffix is looked through)."""
+    """`csv`, `tsv`, `jsonl` or `parquet`, from `format` or the file name (a `.gz` suffix is looked through);
+    `frame` for a `FramePath`."""
+    if isinstance(path, FramePath):
+        return "frame"
     if format is not None:
         if format not in set(FORMATS.values()):
             raise ValueError(f"format must be one of csv, tsv, jsonl, parquet; got {format!r}")
@@ -218,8 +238,10 @@ def iter_chunks(
     `columns` (after `column_map`; every column if None) plus `_row`. `required` (default: `columns`) must exist.
     CSV/TSV values stay strings (`""` when empty); JSON and Parquet keep their types (None/NaN when absent).
     """
-    check_not_empty(source)
-    reader = {"csv": _iter_csv, "tsv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet}[source.format]
+    if source.format != "frame":
+        check_not_empty(source)
+    readers = {"csv": _iter_csv, "tsv": _iter_csv, "jsonl": _iter_jsonl, "parquet": _iter_parquet, "frame": _iter_frame}
+    reader = readers[source.format]
     required = list(required if required is not None else columns)
     yield from reader(source, None if columns is None else list(columns), required, column_map, chunk_size)
 
@@ -427,6 +449,25 @@ def _iter_parquet(source, columns, required, column_map, chunk_size):
         ) from None
     if start == 0:
         yield pd.DataFrame({**{name: pd.Series([], dtype=object) for name in wanted.values()}, ROW: []})
+
+
+def _iter_frame(source, columns, required, column_map, chunk_size):
+    """A DataFrame's rows, as a Parquet file's would be read: values keep their types."""
+    if not isinstance(source.path, FramePath):
+        raise TypeError(f"format 'frame' reads a DataFrame, not {source.path!r}")
+    frame = source.path.frame
+    frame = frame.set_axis([str(c) for c in frame.columns], axis=1).reset_index(drop=True)
+    renamed = rename_columns(source, list(frame.columns), column_map)
+    check_columns(source, list(renamed.values()), required, column_map)
+    wanted = {orig: name for orig, name in renamed.items() if _keep(name, columns)}
+    frame = frame[list(wanted)].rename(columns=wanted)
+    if "user_id" in frame and frame["user_id"].dtype.kind in "fb":
+        _check_id_type(source, pa.from_numpy_dtype(frame["user_id"].dtype))
+    size = chunk_size or max(len(frame), 1)
+    for start in range(0, max(len(frame), 1), size):
+        chunk = frame.iloc[start : start + size].copy()
+        chunk[ROW] = range(start, start + len(chunk))
+        yield chunk
 
 
 def _check_id_type(source: Source, kind: pa.DataType) -> None:

@@ -29,6 +29,7 @@ class IngestReport:
         texts_truncated: events whose text was cut to `max_text_chars` (counted before duplicates are removed).
         users_reordered: kept users whose events were not in time order in the input (they were sorted).
         tied_timestamps: kept events with the same time as the user's previous event (kept, in input order).
+        label_counts: label name -> class -> kept users with that class (every class, in class-id order).
         missing_labels / invalid_labels: label name -> kept users without a (valid) label.
         impressions_read / impressions_kept / dropped_impressions: the CTR task's examples, where one is built.
         notes: anything else worth knowing about this input, in words (e.g. where the first event dropped as
@@ -46,6 +47,7 @@ class IngestReport:
     texts_truncated: int = 0
     users_reordered: int = 0
     tied_timestamps: int = 0
+    label_counts: dict[str, dict] = field(default_factory=dict)
     missing_labels: dict[str, int] = field(default_factory=dict)
     invalid_labels: dict[str, int] = field(default_factory=dict)
     impressions_read: int = 0
@@ -80,6 +82,10 @@ class IngestReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("dropped_events", "dropped_users", "missing_labels", "invalid_labels", "dropped_impressions"):
             setattr(self, name, dict(Counter(getattr(self, name)) + Counter(getattr(other, name))))
+        for label, counts in other.label_counts.items():
+            mine = self.label_counts.setdefault(label, {})
+            for name, count in counts.items():
+                mine[name] = mine.get(name, 0) + count
         self.files += [f for f in other.files if f not in self.files]
         self.notes += other.notes
 
@@ -104,14 +110,24 @@ class IngestReport:
                 f"texts truncated: {self.texts_truncated}; users sorted by time: {self.users_reordered}; "
                 f"events tied in time: {self.tied_timestamps}"
             )
-        if self.missing_labels or self.invalid_labels:
-            lines.append(f"labels missing: {self.missing_labels}; invalid (set missing): {self.invalid_labels}")
+        lines += [self._label_line(label) for label in self.label_counts]
         if self.impressions_read:
             lines.append(
                 f"impressions: {self.impressions_read} read, {self.impressions_kept} kept, "
                 f"dropped {self.dropped_impressions or 'none'}"
             )
         return "\n".join(lines + self.notes)
+
+    def _label_line(self, label: str, shown: int = 10) -> str:
+        counts = self.label_counts[label]
+        classes = ", ".join(f"{name}: {count}" for name, count in list(counts.items())[:shown])
+        more = f", ... ({len(counts) - shown} more classes)" if len(counts) > shown else ""
+        invalid = self.invalid_labels.get(label, 0)
+        return (
+            f"label {label!r}: {sum(counts.values())} users labeled ({classes}{more}); "
+            f"{self.missing_labels.get(label, 0) + invalid} without a label"
+            + (f" ({invalid} invalid, set missing)" if invalid else "")
+        )
 
 
 def _add(counts: dict[str, int], reason: str, count: int) -> None:

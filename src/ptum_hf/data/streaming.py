@@ -15,14 +15,16 @@ file is done, since an `IterableDataset` has no report to return.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .dataset import BehaviorDataset, users_dataset
 from .events import EVENT_COLUMNS, SOURCE, clean_events, explode_user_rows, group_events, normalise_ids
 from .ingest import PathLike, Paths, _check_column_map
 from .iterable import iterable_from_tables, list_array
@@ -85,6 +87,21 @@ def stream_behavior_log(
         {"files": [list(pair) for pair in zip(files, formats)], "options": options, "features": features},
         features,
     )
+
+
+def collect_users(rows: Iterable[dict]) -> BehaviorDataset:
+    """Streamed rows (`user_id`, `behavior_texts`, `timestamps`) gathered into a `BehaviorDataset`, e.g. a sample
+    of a stream to train a tokenizer on and hold evaluation users out of. Label columns are not kept."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("the stream holds no users")
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum([len(row["behavior_texts"]) for row in rows], out=offsets[1:])
+    texts = np.fromiter(itertools.chain.from_iterable(r["behavior_texts"] for r in rows), object, int(offsets[-1]))
+    times = np.fromiter(itertools.chain.from_iterable(r["timestamps"] for r in rows), np.int64, int(offsets[-1]))
+    codes, behaviors = pd.factorize(texts)
+    users = users_dataset([row["user_id"] for row in rows], offsets, codes, times)
+    return BehaviorDataset(users=users, behaviors=list(behaviors), report=IngestReport(users_kept=len(rows)))
 
 
 def _generate(files: list[list[str]], options: dict, features: datasets.Features):

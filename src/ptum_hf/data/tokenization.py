@@ -13,10 +13,39 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from ..atomic import atomic_write_json
+
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 MASK_TOKEN = "[MASK]"
 PIECE_PREFIX = "##"  # continuation pieces, WordPiece and BPE alike
+# The `tokenizer_class` a saved behavior tokenizer names: transformers 4 and 5 both load it (5 as `TokenizersBackend`,
+# the name 5 itself would write, which 4 does not know). Naming a class also lets transformers 4's `AutoTokenizer`
+# skip reading the model's config, whose custom-code `auto_map` would make it ask to run that code.
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+class BehaviorTokenizer(PreTrainedTokenizerFast):
+    """A fast tokenizer of behavior texts (`train_behavior_tokenizer`, `load_tokenizer`): a
+    `PreTrainedTokenizerFast` whose `save_pretrained` writes `tokenizer_class: PreTrainedTokenizerFast`, wherever it is
+    saved from (the Trainer's `checkpoint-N` folders included), so the files load with any supported transformers and
+    need no code of ours."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        for name in saved:
+            if str(name).endswith("tokenizer_config.json"):
+                write_portable_tokenizer_class(name)
+        return saved
+
+
+def write_portable_tokenizer_class(tokenizer_config_file) -> None:
+    """Rewrite a saved `tokenizer_config.json` of a plain fast tokenizer (or a `BehaviorTokenizer`) to name
+    `PORTABLE_TOKENIZER_CLASS`; the file of any other tokenizer class is left as it is."""
+    with open(tokenizer_config_file, encoding="utf-8") as handle:
+        config = json.load(handle)
+    if config.get("tokenizer_class") in ("TokenizersBackend", BehaviorTokenizer.__name__):
+        atomic_write_json(tokenizer_config_file, {**config, "tokenizer_class": PORTABLE_TOKENIZER_CLASS})
 
 
 def train_behavior_tokenizer(
@@ -38,7 +67,8 @@ def train_behavior_tokenizer(
         model: `"wordpiece"` (BERT-style `##` pieces) or `"bpe"`.
         min_frequency: pieces seen fewer times are not learned.
 
-    Returns a `transformers.PreTrainedTokenizerFast`; save it with `save_pretrained` next to the model.
+    Returns a `BehaviorTokenizer` (a `transformers.PreTrainedTokenizerFast`); save it with `save_pretrained` next to
+    the model.
     """
     if model not in ("wordpiece", "bpe"):
         raise ValueError(f"model must be 'wordpiece' or 'bpe', got {model!r}")
@@ -60,7 +90,7 @@ def train_behavior_tokenizer(
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.train_from_iterator(_batches(texts), trainer=trainer)
     tokenizer = _unmark_special(tokenizer, set(pieces))
-    return PreTrainedTokenizerFast(
+    return BehaviorTokenizer(
         tokenizer_object=tokenizer,
         pad_token=PAD_TOKEN,
         unk_token=UNK_TOKEN,
@@ -72,11 +102,15 @@ def train_behavior_tokenizer(
 
 def load_tokenizer(name_or_path: str | None, data=None, vocab_size: int = 8000) -> PreTrainedTokenizerBase:
     """The tokenizer saved at `name_or_path` (a checkpoint or tokenizer folder, or a Hub id), or, without one, a
-    WordPiece tokenizer trained on `data.behaviors`."""
+    WordPiece tokenizer trained on `data.behaviors`. A plain fast tokenizer comes back as a `BehaviorTokenizer`, so
+    that saving it again (a fine-tuned checkpoint) keeps its files loadable everywhere."""
     if name_or_path:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        if type(tokenizer) is PreTrainedTokenizerFast:
+            return BehaviorTokenizer.from_pretrained(name_or_path)
+        return tokenizer
     if data is None:
         raise ValueError("give a tokenizer name_or_path, or data whose behavior texts to train one on")
     return train_behavior_tokenizer(data.behaviors, vocab_size=vocab_size)

@@ -122,7 +122,7 @@ def run_baselines(ctx: Context):
                 wanted = (
                     ("majority", "lr_tfidf", "lr_tfidf_words", f"lr_tfidf_last{s.history_length}", "svd_lr")
                     if task == "demographics"
-                    else ("item_mean", "lr_user_item", "cosine_tfidf")
+                    else ("item_mean", "lr_user_item", "lr_mf", "cosine_tfidf")
                 )
                 missing = tuple(
                     v for v in wanted if ("baselines", task, dataset, "-", "-", v, ratio, repeat) not in done

@@ -13,7 +13,16 @@ from ..atomic import atomic_file
 from .jobs import Context, log
 from .report import baseline_cells, group, ratio_label, variant_name, with_baselines
 
-BASELINE_VARIANTS = ("majority", "lr_tfidf", "lr_tfidf_words", "svd_lr", "item_mean", "lr_user_item", "cosine_tfidf")
+BASELINE_VARIANTS = (
+    "majority",
+    "lr_tfidf",
+    "lr_tfidf_words",
+    "svd_lr",
+    "item_mean",
+    "lr_user_item",
+    "lr_mf",
+    "cosine_tfidf",
+)
 
 
 def plot_writer() -> Callable[[Context], list[Path]]:

@@ -37,6 +37,7 @@ CTR_COMPARISONS = [
     ("ptum_finetune", "scratch"),
     ("ptum_frozen", "scratch"),
     ("ptum_finetune", "lr_user_item"),
+    ("ptum_finetune", "lr_mf"),
     ("ptum_finetune", "item_mean"),
 ]
 

@@ -6,6 +6,8 @@ import argparse
 import os
 from dataclasses import dataclass, field, replace
 
+from ..configuration_ptum import SIZE_PRESETS
+
 EXPERIMENTS = ("baselines", "table2", "table3", "ablation", "lambda", "k", "scale", "probe")
 DEMOGRAPHIC_PRESETS = ("han", "hura", "hsa")
 CTR_PRESETS = ("gru4rec", "nativectr", "bert4rec")
@@ -33,6 +35,7 @@ VARIANT_NAMES = {
     "item_mean": "item mean click rate",
     "cosine_tfidf": "history-ad TF-IDF cosine (untrained)",
     "lr_user_item": "LR, user + item one-hot",
+    "lr_mf": "LR, user + item one-hot + SVD user x item factors (no labels)",
     "probe_ptum": "LR on frozen PTUM user vectors",
     "probe_random": "LR on random-init user vectors",
 }
@@ -50,31 +53,6 @@ def variant_recipe(
         if user_model_learning_rate:
             overrides["user_model_learning_rate"] = user_model_learning_rate
     return overrides, rate
-
-
-# Model sizes (PTUMConfig overrides): the paper's (300-d words, 256-d vectors, 100 behaviors) are slow on a CPU;
-# "small" is the experiments' default, "tiny" is for --quick and tests.
-SIZES = {
-    "paper": {},
-    "small": {
-        "word_embedding_dim": 64,
-        "hidden_size": 64,
-        "num_attention_heads": 4,
-        "additive_attention_dim": 32,
-        "intermediate_size": 128,
-        "max_behaviors": 50,
-        "max_tokens_per_behavior": 16,
-    },
-    "tiny": {
-        "word_embedding_dim": 16,
-        "hidden_size": 16,
-        "num_attention_heads": 2,
-        "additive_attention_dim": 8,
-        "intermediate_size": 32,
-        "max_behaviors": 20,
-        "max_tokens_per_behavior": 12,
-    },
-}
 
 
 @dataclass
@@ -115,6 +93,7 @@ class Settings:
     config_overrides: dict = field(default_factory=dict)  # PTUMConfig fields over the size's (e.g. the objective)
     classifier_layer_norm: bool = True
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
+    ctr_ad_id_bias: bool = False  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
     user_model_learning_rate: float | None = DEFAULT_USER_LR  # PTUM finetune only; None: the head's rate for all
     learning_rate: float | None = None  # PTUM finetune: the Trainer's (head's) learning rate; None: VARIANTS'
@@ -124,7 +103,7 @@ class Settings:
 
     @property
     def model_overrides(self) -> dict:
-        overrides = dict(SIZES[self.size])
+        overrides = dict(SIZE_PRESETS[self.size])
         if self.behavior_tokens == "item":  # one token per behavior: an item-id embedding model
             overrides["max_tokens_per_behavior"] = 1
         if self.max_behaviors is not None:
@@ -148,6 +127,7 @@ class Settings:
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
+            (self.ctr_ad_id_bias and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(self.learning_rate), f"[lr {self.learning_rate:g}]" if self.learning_rate else ""),
             (user_lr is None, "[one lr]"),
             (user_lr not in (None, DEFAULT_USER_LR), f"[user lr {user_lr:g}]" if user_lr else ""),
@@ -207,7 +187,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--ratios", default=None, help="Label ratios, e.g. 0.2,0.5,1.0.")
     parser.add_argument("--ctr_datasets", default=None, help=f"{MOVIELENS},{SYNTHETIC} or one of them.")
-    parser.add_argument("--size", choices=tuple(SIZES), default=None, help="Model size (PTUMConfig overrides).")
+    parser.add_argument("--size", choices=tuple(SIZE_PRESETS), default=None, help="Model size (PTUMConfig overrides).")
     parser.add_argument(
         "--behavior_tokens",
         choices=("text", "item"),
@@ -243,6 +223,12 @@ def parse_args(argv=None):
         action=argparse.BooleanOptionalAction,
         default=None,
         help="CTR models add a learned score of the ad alone to the click logit (PTUMConfig.ad_prior).",
+    )
+    parser.add_argument(
+        "--ctr_ad_id_bias",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CTR models add a learned bias per ad identity (PTUMConfig.ad_id_bias; needs behavior_id_buckets).",
     )
     parser.add_argument(
         "--learning_rate",
@@ -358,6 +344,7 @@ def build_settings(args) -> Settings:
         "max_behaviors",
         "classifier_layer_norm",
         "ctr_ad_prior",
+        "ctr_ad_id_bias",
         "user_model_learning_rate",
         "learning_rate",
         "sweep_data",

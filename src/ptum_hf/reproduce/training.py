@@ -154,8 +154,9 @@ def finetune_run(
         overrides["classifier_layer_norm"] = s.classifier_layer_norm
     if task == "ctr":
         overrides["max_eval_samples"] = s.ctr_eval_samples
-        if s.ctr_ad_prior:
-            overrides["config_overrides"] = json.dumps({"ad_prior": True})
+        head = {"ad_prior": s.ctr_ad_prior, "ad_id_bias": s.ctr_ad_id_bias}
+        if any(head.values()):
+            overrides["config_overrides"] = json.dumps({k: True for k, on in head.items() if on})
     args = FinetuneArguments(
         task=task,
         model_name_or_path=str(model_dir),
