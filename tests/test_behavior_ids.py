@@ -9,10 +9,10 @@ import torch
 
 from ptum_hf import PTUMConfig, PTUMForCTR, PTUMForDemographicClassification, PTUMModel
 from ptum_hf.data import BehaviorTokenCache, load_behavior_dataset, train_behavior_tokenizer
-from ptum_hf.data.tokenization import text_hash
 from ptum_hf.embedding import iter_user_embeddings, user_collator
 from ptum_hf.finetuning import FinetuneArguments, build_collator
 from ptum_hf.pretraining import pretraining_collator
+from ptum_hf.processing_ptum import text_hashes
 
 from conftest import TINY
 
@@ -32,10 +32,10 @@ def setup():
 
 def test_a_text_hashes_the_same_in_every_process_and_dataset():
     texts = ["Toy Story (1995) | Animation", "ünïcode ✓", ""]
-    code = f"from ptum_hf.data.tokenization import text_hash; print([int(h) for h in text_hash({texts!r})])"
+    code = f"from ptum_hf.processing_ptum import text_hashes; print([int(h) for h in text_hashes({texts!r})])"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert other.strip() == str([int(h) for h in text_hash(texts)])  # no per-process hash seed
-    assert text_hash(["a", "b", "a"])[0] == text_hash(["a"])[0] != text_hash(["b"])[0]
+    assert other.strip() == str([int(h) for h in text_hashes(texts)])  # no per-process hash seed
+    assert text_hashes(["a", "b", "a"])[0] == text_hashes(["a"])[0] != text_hashes(["b"])[0]
 
 
 def test_every_collator_gives_the_bucket_of_each_behavior_of_its_table(setup):
@@ -56,7 +56,7 @@ def test_every_collator_gives_the_bucket_of_each_behavior_of_its_table(setup):
     # The bucket is the text's hash: the same behavior has the same bucket in every batch and dataset.
     table_texts = {data.behaviors[i]: i for i in range(len(data.behaviors))}
     some = list(table_texts)[:20]
-    expected = text_hash(some) % np.uint64(BUCKETS)
+    expected = text_hashes(some) % np.uint64(BUCKETS)
     assert np.array_equal(cache.bucket_ids([table_texts[t] for t in some], BUCKETS), expected.astype(np.int64))
     plain = PTUMConfig(**{**config.to_dict(), "behavior_id_buckets": 0})
     assert "behavior_bucket_ids" not in pretraining_collator(data, tokenizer, plain, token_cache=cache)(users)

@@ -18,10 +18,9 @@ from transformers import pipeline
 from ptum_hf import PTUMForDemographicClassification, PTUMModel
 from ptum_hf.data import BehaviorTokenCache, read_behavior_log, train_behavior_tokenizer
 from ptum_hf.data.collators import UserCollator
-from ptum_hf.data.tokenization import text_hash
 from ptum_hf.embedding import iter_user_embeddings
 from ptum_hf.hub import save_for_hub
-from ptum_hf.processing_ptum import history_windows, text_hashes
+from ptum_hf.processing_ptum import history_windows
 
 from conftest import subprocess_env, tiny_config
 
@@ -129,9 +128,6 @@ def test_user_collator_and_raw_events_share_one_window_rule(folder, tokenizer, e
     np.testing.assert_array_equal(gaps, [[840, 600, 0], [7, 0, 0]])
     np.testing.assert_array_equal(lengths, [3, 2])
     assert UserCollator.windows.__doc__ and "history_windows" in UserCollator.windows.__doc__
-    # The bucket hash that picks id embeddings is the tokenization module's.
-    texts = [e["text"] for e in events]
-    np.testing.assert_array_equal(text_hashes(texts), text_hash(texts))
 
 
 def test_predict_gives_class_names_per_head(classifier, tokenizer, events):

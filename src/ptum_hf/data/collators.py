@@ -36,7 +36,7 @@ from ..modeling_ptum import IGNORE_INDEX, MASK_INDEX, PAD_INDEX
 from ..processing_ptum import history_windows
 from .dataset import BehaviorDataset, UserSequences
 from .negatives import NegativeSampler, sample_negatives, unique_sorted
-from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, text_hash, tokenize
+from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, text_hashes, tokenize
 
 NEGATIVE_SAMPLING = ("occurrence", "uniform", "batch")
 TRAINER_HINT = " (with the HF Trainer, pass TrainingArguments(remove_unused_columns=False))"
@@ -192,7 +192,7 @@ class BehaviorCollatorBase:
             if events.texts is None:
                 inputs["behavior_bucket_ids"] = self.token_cache.bucket_ids(table, self.id_buckets)
             else:
-                hashes = text_hash(events.texts[table].tolist())
+                hashes = text_hashes(events.texts[table].tolist())
                 inputs["behavior_bucket_ids"] = (hashes % np.uint64(self.id_buckets)).astype(np.int64)
         return table, inputs
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -14,6 +13,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ..atomic import atomic_write_json
+from ..processing_ptum import text_hashes
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
@@ -159,7 +159,7 @@ class BehaviorTokenCache:
     offsets: np.ndarray  # int64, len = behaviors + 1
     pad_token_id: int = 0
     max_tokens: int = 30
-    text_hashes: np.ndarray | None = None  # uint64 `text_hash` of each behavior: its identity across datasets
+    text_hashes: np.ndarray | None = None  # uint64 `text_hashes` of each behavior: its identity across datasets
 
     @classmethod
     def build(
@@ -187,7 +187,7 @@ class BehaviorTokenCache:
             offsets=offsets,
             pad_token_id=pad_id,
             max_tokens=max_tokens,
-            text_hashes=text_hash(texts),
+            text_hashes=text_hashes(texts),
         )
 
     def __len__(self) -> int:
@@ -232,17 +232,6 @@ class BehaviorTokenCache:
                 max_tokens=max_tokens,
                 text_hashes=hashes,
             )
-
-
-def text_hash(texts: Sequence[str]) -> np.ndarray:
-    """A stable 64-bit hash of each text (blake2b of its UTF-8 bytes): the same behavior text gets the same number in
-    every dataset, process and machine, so an id embedding learned in pre-training finds it again downstream."""
-    digest = hashlib.blake2b
-    return np.fromiter(
-        (int.from_bytes(digest(str(t).encode("utf-8"), digest_size=8).digest(), "little") for t in texts),
-        np.uint64,
-        len(texts),
-    )
 
 
 def gather_ragged(token_ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int):
