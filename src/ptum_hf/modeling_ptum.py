@@ -543,8 +543,11 @@ class PTUMUserEncoder(nn.Module):
     def time_buckets(self, time_gaps: torch.Tensor) -> torch.Tensor:
         """Seconds (B, N) -> bucket ids floor(log2(gap + 1)), clamped to the table; NaN and negatives go to 0,
         infinite gaps to the last bucket."""
-        gaps = torch.nan_to_num(time_gaps.double(), nan=0.0, posinf=float("inf")).clamp(min=0.0)
-        return torch.log2(gaps + 1.0).floor().clamp(max=self.num_time_buckets - 1).long()
+        gaps = torch.nan_to_num(time_gaps.double(), nan=0.0, posinf=float("inf")).clamp(min=0.0) + 1.0
+        buckets = torch.log2(gaps).floor()
+        # Exact at powers of two wherever log2 is computed as log(x) / log(2) (ONNX): log2(2) may come out 0.99999.
+        buckets = buckets + (torch.pow(2.0, buckets + 1) <= gaps).double() - (torch.pow(2.0, buckets) > gaps).double()
+        return buckets.clamp(max=self.num_time_buckets - 1).long()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, time_gaps: torch.Tensor | None = None):
         # Positions count valid slots from the oldest kept behavior (1-based, 0 = padding): padding-invariant.
