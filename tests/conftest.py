@@ -1,10 +1,14 @@
-"""What several test files share: tiny model sizes (seconds per test on 2 cores), and how tests start real
-`ptum-hf pretrain` processes."""
+"""What several test files share: tiny model sizes (seconds per test on 2 cores), how tests start real
+`ptum-hf pretrain` processes, and single-threaded runs whose logged curves are compared."""
 
+import csv
 import json
 import os
 import socket
 import sys
+
+import pytest
+import torch
 
 from ptum_hf import PTUMConfig
 from ptum_hf.configuration_ptum import SIZE_PRESETS
@@ -58,3 +62,23 @@ def ddp_pretrain_command(output_dir, *args) -> list[str]:
     launch += ["--dynamo_backend", "no", "--main_process_port", str(port)]
     pretrain = ["-m", "ptum_hf.cli", "pretrain", "--output_dir", str(output_dir), *map(str, args)]
     return [sys.executable, "-m", "accelerate.commands.launch", *launch, *pretrain]
+
+
+@pytest.fixture
+def one_thread():
+    """One thread and the caller's determinism setting restored: bitwise-equal runs within a test."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def logged(output_dir, key="loss") -> dict[int, list[float]]:
+    """step -> every value of `key` logged at that step (a resumed run logs the replayed steps again)."""
+    values = {}
+    with open(output_dir / "logs" / "metrics.csv") as handle:
+        for row in csv.DictReader(handle):
+            if row["key"] == key:
+                values.setdefault(int(row["step"]), []).append(float(row["value"]))
+    return values

@@ -32,15 +32,6 @@ def tokenizer_dir(data, tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def one_thread():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
-
 def pretraining_run(output_dir, tokenizer_dir, seed: int):
     (args,) = parse(
         PretrainingArguments,

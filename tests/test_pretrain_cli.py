@@ -1,7 +1,6 @@
 """`ptum-hf pretrain` as a user types it: the log as first argument (a file or a glob), `--size`, `--help` with every
 default, `--streaming` for a log larger than memory (resumed exactly), and the trackers of `--report_to`."""
 
-import csv
 import dataclasses
 import importlib.util
 import json
@@ -18,9 +17,10 @@ from safetensors.torch import load_file
 from ptum_hf import cli
 from ptum_hf.configuration_ptum import SIZE_PRESETS, PTUMConfig
 from ptum_hf.data import load_behavior_dataset
-from ptum_hf.pretraining import CSVTracker, PretrainingArguments, build_config, build_tracker
+from ptum_hf.pretraining import PretrainingArguments, build_config
+from ptum_hf.tracking import CSVTracker, build_tracker
 
-from conftest import ddp_pretrain_command, subprocess_env
+from conftest import ddp_pretrain_command, logged, subprocess_env
 
 USERS = 200
 
@@ -41,15 +41,6 @@ def logs(tmp_path_factory):
     frame[first].to_parquet(folder / "part0.parquet")
     frame[~first].to_parquet(folder / "part1.parquet")
     return folder
-
-
-@pytest.fixture
-def one_thread():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
 
 
 @pytest.fixture
@@ -162,15 +153,6 @@ def test_usage_line_names_the_command(command, capsys):
 # -- streaming -------------------------------------------------------------------------------------------------------
 STREAM_RUN = [*TINY_FLAGS, "--streaming", "--max_steps", "20", "--save_steps", "4", "--save_total_limit", "10"]
 STREAM_RUN += ["--eval_steps", "6", "--logging_steps", "1", "--report_to", "csv", "--deterministic", "true"]
-
-
-def logged(output_dir, key="loss") -> dict[int, list[float]]:
-    values = {}
-    with open(output_dir / "logs" / "metrics.csv") as handle:
-        for row in csv.DictReader(handle):
-            if row["key"] == key:
-                values.setdefault(int(row["step"]), []).append(float(row["value"]))
-    return values
 
 
 def test_streaming_pretrain_resumes_exactly(logs, tmp_path, one_thread, capsys):

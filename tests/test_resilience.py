@@ -2,7 +2,6 @@
 weights and loss curve of an uninterrupted run; a kill while a checkpoint or the final model is being written never
 leaves a folder that resume (or a user) would take for a finished one."""
 
-import csv
 import json
 import os
 import random
@@ -22,7 +21,7 @@ from ptum_hf.hub import save_for_hub
 from ptum_hf.modeling_ptum import PTUMForPretraining
 from ptum_hf.pretraining import PretrainingArguments, list_checkpoints, pretrain, resolve_checkpoint, save_checkpoint
 
-from conftest import TINY, TINY_RUN, subprocess_env
+from conftest import TINY, TINY_RUN, logged, subprocess_env
 
 # 200 users, 10 held out, batches of 16: 12 steps per epoch; 44 steps (the last in mid-epoch); a checkpoint every 4.
 RUN = [
@@ -94,16 +93,6 @@ def wait_for(process, *paths, timeout=240) -> Path:
             )
         time.sleep(0.003)
     pytest.fail(f"{paths[0]} did not appear within {timeout}s")
-
-
-def logged(output_dir, key="loss") -> dict[int, list[float]]:
-    """step -> every value of `key` logged at that step (a resumed run logs the replayed steps again)."""
-    values = {}
-    with open(output_dir / "logs" / "metrics.csv") as handle:
-        for row in csv.DictReader(handle):
-            if row["key"] == key:
-                values.setdefault(int(row["step"]), []).append(float(row["value"]))
-    return values
 
 
 def assert_same_weights(folder_a, folder_b):
