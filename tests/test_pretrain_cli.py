@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ptum_hf import cli
-from ptum_hf.configuration_ptum import SIZE_PRESETS, PTUMConfig
+from ptum_hf.configuration_ptum import RECIPES, SIZE_PRESETS, PTUMConfig
 from ptum_hf.data import load_behavior_dataset
 from ptum_hf.pretraining import PretrainingArguments, build_config
 from ptum_hf.tracking import CSVTracker, build_tracker
@@ -107,6 +107,32 @@ def test_unknown_size_is_refused():
         PTUMConfig.from_preset("hsa", size="huge")
     with pytest.raises(SystemExit) as error:
         cli.main(["pretrain", "--size", "huge"])
+    assert error.value.code == 2
+
+
+# -- recipes ---------------------------------------------------------------------------------------------------------
+def test_recipes_are_one_table_between_size_and_overrides():
+    from ptum_hf.reproduce.settings import Settings
+
+    assert RECIPES["paper"] == {}  # the paper's recipe is the config's defaults
+    for recipe in RECIPES:  # the experiment runner's recipes are the library's
+        assert Settings(recipe=recipe).model_overrides == {**SIZE_PRESETS["small"], **RECIPES[recipe]}
+    assert "[items recipe]" in Settings(recipe="items").model_label("hsa")
+    args = PretrainingArguments(size="small", recipe="items", config_overrides='{"dropout": 0.1}')
+    config = build_config(args, vocab_size=100, pad_token_id=0)
+    assert (config.use_bag, config.use_mbp, config.use_nbp) == (True, False, False)
+    assert config.behavior_id_buckets > 0 and config.user_encoder_type == "attention"  # wins over hsa's
+    assert config.max_behaviors == RECIPES["items"]["max_behaviors"]  # wins over the size's 50
+    assert config.dropout == 0.1 and config.hidden_size == SIZE_PRESETS["small"]["hidden_size"]  # overrides win
+
+
+def test_unknown_recipe_is_refused():
+    with pytest.raises(ValueError, match="recipe must be one of paper, items"):
+        PretrainingArguments(recipe="bag")
+    with pytest.raises(ValueError, match="unknown recipe 'bag'; allowed: paper, items"):
+        PTUMConfig.from_preset("hsa", recipe="bag")
+    with pytest.raises(SystemExit) as error:
+        cli.main(["pretrain", "--recipe", "bag"])
     assert error.value.code == 2
 
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .atomic import atomic_directory, atomic_write_json, remove_leftovers
-from .configuration_ptum import PRESETS, SIZE_PRESETS, PTUMConfig
+from .configuration_ptum import PRESETS, RECIPES, SIZE_PRESETS, PTUMConfig
 from .data import (
     PretrainingCollator,
     SeededCollator,
@@ -81,6 +81,17 @@ class PretrainingArguments:
             "choices": tuple(SIZE_PRESETS),
             "help": f"Model size: {', '.join(SIZE_PRESETS)} (configuration_ptum.SIZE_PRESETS); it sets the widths "
             "and history/text lengths, --preset the encoders, and --config_overrides wins over both.",
+        },
+    )
+    recipe: str = field(
+        default="paper",
+        metadata={
+            "choices": tuple(RECIPES),
+            "help": "What to pre-train with (configuration_ptum.RECIPES): paper (MBP + NBP on the behavior texts, for "
+            "logs of mostly new texts: news, searches) or items (ids beside the text, bag prediction over the "
+            "whole history, attention pooling: for logs of a recurring catalogue such as movies or products; "
+            "wants long pre-training, e.g. 300 epochs on 1,000 users). It wins over --size and --preset's user "
+            "encoder; --config_overrides wins over all.",
         },
     )
     config_overrides: str = field(
@@ -147,6 +158,8 @@ class PretrainingArguments:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
         if self.size not in SIZE_PRESETS:
             raise ValueError(f"size must be one of {', '.join(SIZE_PRESETS)}; got {self.size!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}; got {self.recipe!r}")
         if self.streaming and self.max_steps < 1:
             raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs in")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -202,7 +215,7 @@ def resolve_checkpoint(output_dir, resume: str | None) -> Path | None:
 def build_config(args: PretrainingArguments, vocab_size: int, pad_token_id: int) -> PTUMConfig:
     overrides = json.loads(args.config_overrides)
     return PTUMConfig.from_preset(
-        args.preset, args.size, **{"vocab_size": vocab_size, "pad_token_id": pad_token_id, **overrides}
+        args.preset, args.size, args.recipe, **{"vocab_size": vocab_size, "pad_token_id": pad_token_id, **overrides}
     )
 
 

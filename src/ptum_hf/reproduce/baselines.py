@@ -19,9 +19,19 @@ SVD_RANKS = (32, 64, 128)  # chosen on the validation users, with C
 def demographic_baselines(
     ctx: Context, dataset: str, ratio: float, repeat: int, label_fraction=None, recent: int | None = None
 ) -> dict:
-    """Majority class and LR on TF-IDF bag-of-items, on the user models' split (`demographics_splits`).
+    """`fit_demographic_baselines` on the user models' split (`demographics_splits`) of `dataset`: `ratio` of the
+    labeled training users, or `label_fraction` of the scale setting's users."""
+    name = ctx.data_name(dataset)
+    data = ctx.data(name) if label_fraction is None else ctx.data(name, ctx.settings.scale_users)
+    parts = demographics_splits(data, DEMOGRAPHIC_HEADS, label_fraction or ratio, repeat)
+    return fit_demographic_baselines(data, *parts, recent=recent)
 
-    `svd_lr`: LR on the truncated SVD of the TF-IDF bag of items fitted on every user of the dataset without labels
+
+def fit_demographic_baselines(data, train, validation, test, recent: int | None = None) -> dict:
+    """Majority class and LR on TF-IDF bags (of items, and of the words of the behavior texts), fitted on `train`
+    (C chosen on `validation`), scored on `test`: {variant: {metric: value}}.
+
+    `svd_lr`: LR on the truncated SVD of the TF-IDF bag of items fitted on every user of `data` without labels
     (what pre-training also sees), L2-normalised; its rank is chosen on the validation users.
     With `recent`, also LR on the bag of each user's last `recent` items only (`lr_tfidf_last{recent}`): what the user
     models see, since they keep only the most recent `max_behaviors`."""
@@ -30,10 +40,6 @@ def demographic_baselines(
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
     from sklearn.preprocessing import normalize
-
-    name = ctx.data_name(dataset)
-    data = ctx.data(name) if label_fraction is None else ctx.data(name, ctx.settings.scale_users)
-    train, validation, test = demographics_splits(data, DEMOGRAPHIC_HEADS, label_fraction or ratio, repeat)
 
     def bag(keep=None):  # each user's items (only the last `keep` of them) as one document
         return lambda part: [" ".join(f"i{b}" for b in (ids[-keep:] if keep else ids)) for ids in part["behavior_ids"]]
