@@ -100,16 +100,6 @@ def test_size_then_overrides(size):
     assert (config.behavior_encoder_type, config.user_encoder_type) == ("lstm", "attention")  # the preset's
 
 
-def test_unknown_size_is_refused():
-    with pytest.raises(ValueError, match="size must be one of paper, small, tiny"):
-        PretrainingArguments(size="huge")
-    with pytest.raises(ValueError, match="unknown size 'huge'"):
-        PTUMConfig.from_preset("hsa", size="huge")
-    with pytest.raises(SystemExit) as error:
-        cli.main(["pretrain", "--size", "huge"])
-    assert error.value.code == 2
-
-
 # -- recipes ---------------------------------------------------------------------------------------------------------
 def test_recipes_are_one_table_between_size_and_overrides():
     from ptum_hf.reproduce.settings import Settings
@@ -126,13 +116,39 @@ def test_recipes_are_one_table_between_size_and_overrides():
     assert config.dropout == 0.1 and config.hidden_size == SIZE_PRESETS["small"]["hidden_size"]  # overrides win
 
 
-def test_unknown_recipe_is_refused():
-    with pytest.raises(ValueError, match="recipe must be one of paper, items"):
-        PretrainingArguments(recipe="bag")
-    with pytest.raises(ValueError, match="unknown recipe 'bag'; allowed: paper, items"):
-        PTUMConfig.from_preset("hsa", recipe="bag")
+def test_pretrain_with_the_items_recipe_then_embed(logs, tmp_path, one_thread):
+    out = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--recipe", "items", "--report_to", "csv", "--logging_steps", "1", "--max_steps", "3"]
+    cli.main(["pretrain", str(logs / "log.csv"), "--output_dir", str(out), *flags])
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert {key: config[key] for key in RECIPES["items"]} == RECIPES["items"]
+    logged = {line.split(",")[1] for line in (out / "logs" / "metrics.csv").read_text().splitlines()[1:]}
+    assert "bag_loss" in logged and "mbp_loss" not in logged  # the recipe's objective is what trained
+    vectors = tmp_path / "vectors.parquet"
+    cli.main(
+        [
+            "embed",
+            "--model_name_or_path",
+            str(out / "model"),
+            "--dataset",
+            str(logs / "log.csv"),
+            "--output_file",
+            str(vectors),
+        ]
+    )
+    assert len(pd.read_parquet(vectors)) == USERS
+
+
+@pytest.mark.parametrize(
+    "field, value, allowed", [("size", "huge", "paper, small, tiny"), ("recipe", "bag", "paper, items")]
+)
+def test_unknown_size_or_recipe_is_refused(field, value, allowed):
+    with pytest.raises(ValueError, match=f"{field} must be one of {allowed}; got '{value}'"):
+        PretrainingArguments(**{field: value})
+    with pytest.raises(ValueError, match=f"unknown {field} '{value}'; allowed: {allowed}"):
+        PTUMConfig.from_preset("hsa", **{field: value})
     with pytest.raises(SystemExit) as error:
-        cli.main(["pretrain", "--recipe", "bag"])
+        cli.main(["pretrain", f"--{field}", value])
     assert error.value.code == 2
 
 
