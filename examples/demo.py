@@ -28,22 +28,17 @@ from ptum_hf.reproduce.baselines import DEMOGRAPHIC_HEADS, fit_demographic_basel
 from ptum_hf.reproduce.settings import VARIANT_NAMES, VARIANTS, variant_recipe
 
 COLUMNS = ("age_accuracy", "age_macro_f1", "gender_accuracy", "gender_auc")
-NUM_USERS = 10000
-LABELED_USERS = 200
-PRETRAIN_EPOCHS = 2
-FINETUNE_EPOCHS = 5
-SPLITS = 3
 BASELINES = ("lr_tfidf_words", "lr_tfidf", "svd_lr")  # the strongest simple models (`ptum-hf reproduce` baselines)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--num_users", type=int, default=NUM_USERS, help="synthetic users, all pre-trained on")
-    parser.add_argument("--labeled_users", type=int, default=LABELED_USERS, help="labeled training users")
-    parser.add_argument("--splits", type=int, default=SPLITS, help="user splits (split seeds 0..splits-1)")
-    parser.add_argument("--pretrain_epochs", type=int, default=PRETRAIN_EPOCHS)
-    parser.add_argument("--finetune_epochs", type=int, default=FINETUNE_EPOCHS)
+    parser.add_argument("--num_users", type=int, default=10000, help="synthetic users, all pre-trained on")
+    parser.add_argument("--labeled_users", type=int, default=200, help="labeled training users")
+    parser.add_argument("--splits", type=int, default=3, help="user splits (split seeds 0..splits-1)")
+    parser.add_argument("--pretrain_epochs", type=int, default=2)
+    parser.add_argument("--finetune_epochs", type=int, default=5)
     parser.add_argument("--pretrained", default=None, help="a model folder to fine-tune instead of pre-training one")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic log and of pre-training")
     args = parser.parse_args()
