@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ptum_hf.atomic import atomic_write_text
+from ptum_hf.configuration_ptum import SIZE_PRESETS
 from ptum_hf.data import load_behavior_data
-from ptum_hf.data.splits import demographics_splits
-from ptum_hf.finetuning import FinetuneArguments, default_training_arguments, finetune
+from ptum_hf.finetuning import FinetuneArguments, default_training_arguments, finetune, task_splits
 from ptum_hf.modelcard import PTUMModelCardData
 from ptum_hf.pretraining import PretrainingArguments, pretrain
-from ptum_hf.reproduce.baselines import DEMOGRAPHIC_HEADS, fit_demographic_baselines
+from ptum_hf.reproduce.baselines import fit_demographic_baselines
 from ptum_hf.reproduce.settings import VARIANT_NAMES, VARIANTS, variant_recipe
 
 COLUMNS = ("age_accuracy", "age_macro_f1", "gender_accuracy", "gender_auc")
@@ -34,22 +34,25 @@ BASELINES = ("lr_tfidf_words", "lr_tfidf", "svd_lr")  # the strongest simple mod
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--num_users", type=int, default=10000, help="synthetic users, all pre-trained on")
-    parser.add_argument("--labeled_users", type=int, default=200, help="labeled training users")
+    parser.add_argument("--num_users", type=int, default=10000, help="synthetic users, the log pre-training reads")
+    parser.add_argument("--labeled_users", type=int, default=200, help="labeled training users per split")
     parser.add_argument("--splits", type=int, default=3, help="user splits (split seeds 0..splits-1)")
+    parser.add_argument("--size", choices=tuple(SIZE_PRESETS), default="paper", help="model size")
     parser.add_argument("--pretrain_epochs", type=int, default=2)
     parser.add_argument("--finetune_epochs", type=int, default=5)
     parser.add_argument("--pretrained", default=None, help="a model folder to fine-tune instead of pre-training one")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic log and of pre-training")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic log, pre-training and fine-tuning")
     args = parser.parse_args()
-    for name, low in (("num_users", 50), ("splits", 1), ("pretrain_epochs", 1), ("finetune_epochs", 1)):
+    for name, low in (("num_users", 50), ("labeled_users", 10), ("splits", 1), ("pretrain_epochs", 1)):
         if getattr(args, name) < low:
             parser.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
-    if not 0 < args.labeled_users <= int(0.8 * args.num_users):
-        parser.error(
-            f"--labeled_users must be in [1, {int(0.8 * args.num_users)}] (80% of --num_users), "
-            f"got {args.labeled_users}"
-        )
+    if args.finetune_epochs < 1:
+        parser.error(f"--finetune_epochs must be at least 1, got {args.finetune_epochs}")
+    most = int(0.8 * args.num_users)  # the training part of the 80/10/10 user split
+    if args.labeled_users > most:
+        parser.error(f"--labeled_users must be at most {most} (80% of --num_users), got {args.labeled_users}")
+    if args.pretrained and not (Path(args.pretrained) / "config.json").is_file():
+        parser.error(f"--pretrained {args.pretrained}: not a model folder (no config.json there)")
     return args
 
 
@@ -62,7 +65,8 @@ def table(rows: dict) -> str:
 
 
 def comparison(rows: dict, ours: str, others: list[str]) -> str:
-    """`ours` minus the best of `others` (by mean) per metric, paired by split: mean and the splits where it is > 0."""
+    """`ours` minus the best of `others` per metric, paired by split: mean and the splits where it is > 0. The best is
+    picked by its mean on the test users, which favours the others."""
     lines = []
     for column in COLUMNS:
         best = max(others, key=lambda name: np.mean([run[column] for run in rows[name]]))
@@ -76,6 +80,7 @@ def pretrain_demo_model(args, out: Path) -> Path:
     pretrain_args = PretrainingArguments(
         output_dir=str(out / "pretrain"),
         dataset="synthetic",
+        size=args.size,
         num_users=args.num_users,
         synthetic_seed=args.seed,
         num_epochs=args.pretrain_epochs,
@@ -93,28 +98,29 @@ def main():
     args = parse_args()
     out = Path(args.output_dir)
     start = time.perf_counter()
-    model_dir = Path(args.pretrained) if args.pretrained else pretrain_demo_model(args, out)
-    print(f"      done in {time.perf_counter() - start:.0f}s; model and card in {model_dir}", flush=True)
+    if args.pretrained:
+        model_dir = Path(args.pretrained)
+    else:
+        model_dir = pretrain_demo_model(args, out)
+        print(f"      done in {time.perf_counter() - start:.0f}s; model and card in {model_dir}", flush=True)
 
     data = load_behavior_data("synthetic", num_users=args.num_users, synthetic_seed=args.seed)
     rows = {}
     for split in range(args.splits):
-        # The split `finetune` makes: 80/10/10 of the users by `split_seed`, the training part cut to the labeled users.
-        fraction = args.labeled_users / len(demographics_splits(data, DEMOGRAPHIC_HEADS, 1.0, split)[0])
-        train, validation, test = demographics_splits(data, DEMOGRAPHIC_HEADS, fraction, split)
+        # The users `finetune` trains, validates and tests on (`task_splits`), so the baselines get the same ones.
+        every = task_splits(data, FinetuneArguments(split_seed=split))[0]
+        fraction = args.labeled_users / len(every)
+        options = dict(label_fraction=fraction, split_seed=split, max_eval_samples=None)
+        train, validation, test = task_splits(data, FinetuneArguments(**options))
         print(f"[2/3] split {split + 1}/{args.splits}: baselines on {len(train)} labeled users", flush=True)
         fitted = fit_demographic_baselines(data, train, validation, test)
         for name in BASELINES:
-            rows.setdefault(VARIANT_NAMES[name], []).append(fitted[name])
+            rows.setdefault(VARIANT_NAMES[name], []).append({column: fitted[name][column] for column in COLUMNS})
         for variant in VARIANTS:  # the recipes of `ptum-hf reproduce`
             name = VARIANT_NAMES[variant]
             overrides, learning_rate = variant_recipe(variant)
-            print(
-                f"[3/3] split {split + 1}/{args.splits}: fine-tuning demographics on the same users: {name}", flush=True
-            )
-            finetune_args = FinetuneArguments(
-                model_name_or_path=str(model_dir), label_fraction=fraction, split_seed=split, **overrides
-            )
+            print(f"[3/3] split {split + 1}/{args.splits}: fine-tuning on the same users: {name}", flush=True)
+            finetune_args = FinetuneArguments(model_name_or_path=str(model_dir), **options, **overrides)
             training_args = default_training_arguments(
                 str(out / "finetune" / f"split{split}" / name.replace(" ", "-")),
                 "demographics",
@@ -136,7 +142,8 @@ def main():
         ]
     )
     atomic_write_text(out / "results.md", report + "\n")
-    atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
+    settings = {**vars(args), "model": str(model_dir), "labeled_users_per_split": len(train), "test_users": len(test)}
+    atomic_write_text(out / "results.json", json.dumps({"settings": settings, "rows": rows}, indent=2))
     print(
         f"\nDemographics on the synthetic test users ({len(test)} per split), {len(train)} labeled training users, "
         f"mean of {args.splits} splits:\n"

@@ -107,7 +107,7 @@ def test_recipes_are_one_table_between_size_and_overrides():
     assert RECIPES["paper"] == {}  # the paper's recipe is the config's defaults
     for recipe in RECIPES:  # the experiment runner's recipes are the library's
         assert Settings(recipe=recipe).model_overrides == {**SIZE_PRESETS["small"], **RECIPES[recipe]}
-    assert "[items recipe]" in Settings(recipe="items").model_label("hsa")
+    assert "[items recipe: bag prediction, ids, attention pooling]" in Settings(recipe="items").model_label("hsa")
     args = PretrainingArguments(size="small", recipe="items", config_overrides='{"dropout": 0.1}')
     config = build_config(args, vocab_size=100, pad_token_id=0)
     assert (config.use_bag, config.use_mbp, config.use_nbp) == (True, False, False)
@@ -147,6 +147,10 @@ def test_unknown_size_or_recipe_is_refused(field, value, allowed):
         PretrainingArguments(**{field: value})
     with pytest.raises(ValueError, match=f"unknown {field} '{value}'; allowed: {allowed}"):
         PTUMConfig.from_preset("hsa", **{field: value})
+    from ptum_hf.reproduce.settings import Settings
+
+    with pytest.raises(ValueError, match=f"{field} must be one of {allowed}; got '{value}'"):
+        Settings(**{field: value})
     with pytest.raises(SystemExit) as error:
         cli.main(["pretrain", f"--{field}", value])
     assert error.value.code == 2

@@ -80,7 +80,8 @@ class PretrainingArguments:
         metadata={
             "choices": tuple(SIZE_PRESETS),
             "help": f"Model size: {', '.join(SIZE_PRESETS)} (configuration_ptum.SIZE_PRESETS); it sets the widths "
-            "and history/text lengths, --preset the encoders, and --config_overrides wins over both.",
+            "and history/text lengths, --preset the encoders, --recipe the objective (over both), and "
+            "--config_overrides wins over all.",
         },
     )
     recipe: str = field(
@@ -95,7 +96,8 @@ class PretrainingArguments:
         },
     )
     config_overrides: str = field(
-        default="{}", metadata={"help": 'JSON of PTUMConfig fields, e.g. {"nbp_weight": 0.5}; wins over --size.'}
+        default="{}",
+        metadata={"help": 'JSON of PTUMConfig fields, e.g. {"nbp_weight": 0.5}; wins over --size and --recipe.'},
     )
     streaming: bool = field(
         default=False,

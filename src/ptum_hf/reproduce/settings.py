@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 
 from ..configuration_ptum import RECIPES, SIZE_PRESETS
 
+# What a recipe changes in a preset, in the tables' model names (the items recipe replaces every preset's user encoder).
+RECIPE_MARKS = {"items": "bag prediction, ids, attention pooling"}
 EXPERIMENTS = ("baselines", "table2", "table3", "ablation", "lambda", "k", "scale", "probe")
 DEMOGRAPHIC_PRESETS = ("han", "hura", "hsa")
 CTR_PRESETS = ("gru4rec", "nativectr", "bert4rec")
@@ -102,6 +104,11 @@ class Settings:
     tag: str = ""
     seed: int = 0
 
+    def __post_init__(self):
+        for name, allowed in (("size", SIZE_PRESETS), ("recipe", RECIPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+
     @property
     def model_overrides(self) -> dict:
         overrides = {**SIZE_PRESETS[self.size], **RECIPES[self.recipe]}
@@ -124,7 +131,7 @@ class Settings:
         user_lr = self.user_model_learning_rate
         marks = [
             (self.size != "small", f"[{self.size}]"),
-            (self.recipe != "paper", f"[{self.recipe} recipe]"),
+            (self.recipe != "paper", f"[{self.recipe} recipe: {RECIPE_MARKS.get(self.recipe, '')}]"),
             (self.behavior_tokens == "item", "(item ids)"),
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
