@@ -220,3 +220,27 @@ def test_the_license_can_be_overridden(model):
     content, data = _card(PTUMModelCardData(license="cc-by-nc-4.0"), model)
     assert data.license == "cc-by-nc-4.0"
     assert "`cc-by-nc-4.0`" in content
+
+
+@pytest.mark.parametrize(
+    "switches, described, not_described, loss",
+    [
+        ({}, ["Masked Behavior Prediction", "Next K Behavior Prediction"], ["Bag prediction"], "MBP + λ · NBP."),
+        (
+            {"use_mbp": False, "use_nbp": False, "use_bag": True},
+            ["Bag prediction"],
+            ["Masked Behavior"],
+            "`bag_weight` · bag prediction.",
+        ),
+        (
+            {"use_nbp": False, "use_bag": True},
+            ["Masked Behavior Prediction", "Bag prediction"],
+            ["Next K"],
+            "MBP + `bag_weight` · bag prediction.",
+        ),
+    ],
+)
+def test_the_card_describes_the_objectives_the_model_was_pre_trained_with(switches, described, not_described, loss):
+    content = create_model_card(model=PTUMForPretraining(tiny_config(vocab_size=50, **switches))).content
+    assert all(text in content for text in described) and not any(text in content for text in not_described)
+    assert f"**Pre-training loss**: {loss}" in content

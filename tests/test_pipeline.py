@@ -52,7 +52,7 @@ def test_pretraining_writes_model_tokenizer_card_logs_and_checkpoints(pretrained
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     card = (model_dir / "README.md").read_text()
     assert "model-index" in card and "Masked Behavior Prediction" in card
-    assert "Pre-training (MBP / NBP on held-out users)\n\nNot recorded" not in card
+    assert "Pre-training (held-out users)\n\nNot recorded" not in card
     logged = pd.read_csv(pretrained / "logs" / "metrics.csv")
     assert {"loss", "mbp_loss", "nbp_loss", "eval_mbp_accuracy"} <= set(logged["key"])
     assert sorted(p.name for p in (pretrained / "checkpoints").iterdir()) == ["step_3", "step_6"]

@@ -352,6 +352,13 @@ class PTUMModelCardData:
             eval_results=eval_results or None,
         )
 
+    @property
+    def objectives(self) -> list[str]:
+        """The pre-training tasks the config switches on (the paper's MBP and NBP when no config was recorded)."""
+        values = self.hyperparameters
+        wanted = {"mbp": values.get("use_mbp", True), "nbp": values.get("use_nbp", True), "bag": values.get("use_bag")}
+        return [name for name, on in wanted.items() if on]
+
     def to_dict(self) -> dict[str, Any]:
         """The template's variables."""
         task, _, task_name = CARD_TASKS.get(self.model_class, ("user-model", None, "User representation"))
@@ -366,6 +373,7 @@ class PTUMModelCardData:
             "task_name": task_name,
             "num_parameters": _format(self.num_parameters) if self.num_parameters else None,
             "label_heads": self.label_heads,
+            "objectives": self.objectives,
             "datasets": [
                 {**entry, "name": name, "stats": {key: _format(value) for key, value in entry["stats"].items()}}
                 for name, entry in self.datasets.items()
