@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -50,6 +51,20 @@ def subprocess_env(**extra) -> dict:
         "PYTHONUNBUFFERED": "1",
         **extra,
     }
+
+
+def run_python(script: str, cwd, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -c script` in a fresh process, output captured. stdin is closed: transformers' interactive "run the
+    custom code? [y/N]" prompt reads end-of-file, i.e. no, instead of waiting."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ddp_pretrain_command(output_dir, *args) -> list[str]:

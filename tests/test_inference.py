@@ -3,8 +3,6 @@ on a DataFrame, and the README's "Use a pre-trained user model" code run where `
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from ptum_hf.embedding import iter_user_embeddings
 from ptum_hf.hub import save_for_hub
 from ptum_hf.processing_ptum import history_windows
 
-from conftest import subprocess_env, tiny_config
+from conftest import run_python, subprocess_env, tiny_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 WORDS = "news sports movie music game travel food science art politics drama comedy".split()
@@ -308,15 +306,7 @@ def test_readme_section_runs_from_a_checkpoint_alone_without_ptum_hf(folder, cla
     )
     script = "import json\n" + code.replace('"outputs/finetune/model"', repr(str(alone))) + footer
     env = subprocess_env(PYTHONPATH=str(blocker), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_python(script, tmp_path, env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Do you wish to run the custom code" not in result.stdout + result.stderr
     remote = json.loads(result.stdout.split("RESULT=")[-1])

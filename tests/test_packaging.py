@@ -7,7 +7,6 @@ import json
 import os
 import runpy
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from ptum_hf.hub import save_for_hub
 from ptum_hf.modelcard import PTUMModelCardData
 from ptum_hf.modeling_ptum import REMOTE_AUTO_MAP, PTUMPreTrainedModel
 
-from conftest import TINY, subprocess_env
+from conftest import TINY, run_python, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 USERS = 160
@@ -124,15 +123,7 @@ def _run_without_ptum_hf(tmp_path, script: str) -> subprocess.CompletedProcess:
         "try:\n    import ptum_hf\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('ptum_hf imported')\n"
     )
     env = subprocess_env(PYTHONPATH=str(blocker), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    return subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(script)],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python(prelude + textwrap.dedent(script), tmp_path, env)
 
 
 def test_a_trainer_checkpoint_loads_as_remote_code_without_ptum_hf(checkpoint, tmp_path):
@@ -204,15 +195,7 @@ def test_with_ptum_hf_installed_auto_tokenizer_needs_no_prompt(checkpoint, tmp_p
     script = (
         f"import ptum_hf\nfrom transformers import AutoTokenizer\nAutoTokenizer.from_pretrained({str(checkpoint)!r})"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=subprocess_env(),
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_python(script, tmp_path, subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert PROMPT not in result.stdout + result.stderr
 

@@ -5,8 +5,6 @@ See SECURITY.md for what is trusted and what the library does about the rest.
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from ptum_hf import (
 )
 from ptum_hf.configuration_ptum import BEHAVIOR_ENCODER_TYPES, USER_ENCODER_TYPES
 
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, run_python
 
 # A one-layer BERT stands in for MiniLM in the `pretrained` behavior encoder: same code path, tiny and offline.
 TINY_BERT = BertConfig(
@@ -252,16 +250,7 @@ def test_remote_code_never_runs_without_trust_remote_code(tmp_path):
         """
     )
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    # stdin closed: transformers' interactive "run the custom code? [y/N]" prompt reads end-of-file, i.e. no.
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    result = run_python(script, tmp_path, env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.split("RESULTS=")[-1])
     for key in ("AutoConfig/unset", "AutoModel/unset", "AutoConfig/false", "AutoModel/false"):

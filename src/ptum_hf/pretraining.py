@@ -88,11 +88,8 @@ class PretrainingArguments:
         default="paper",
         metadata={
             "choices": tuple(RECIPES),
-            "help": "What to pre-train with (configuration_ptum.RECIPES): paper (MBP + NBP on the behavior texts, for "
-            "logs of mostly new texts: news, searches) or items (ids beside the text, bag prediction over the "
-            "whole history, attention pooling: for logs of a recurring catalogue such as movies or products; "
-            "wants long pre-training, e.g. 300 epochs on 1,000 users). It wins over --size and --preset's user "
-            "encoder; --config_overrides wins over all.",
+            "help": "What to pre-train with (configuration_ptum.RECIPES; README 'Which recipe'): paper (MBP + NBP, "
+            "for logs of new texts) or items (ids, bag prediction, the whole history: for a recurring catalogue).",
         },
     )
     config_overrides: str = field(
@@ -156,12 +153,9 @@ class PretrainingArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo of --push_to_hub."})
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
-        if self.size not in SIZE_PRESETS:
-            raise ValueError(f"size must be one of {', '.join(SIZE_PRESETS)}; got {self.size!r}")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}; got {self.recipe!r}")
+        for name, allowed in (("preset", PRESETS), ("size", SIZE_PRESETS), ("recipe", RECIPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.streaming and self.max_steps < 1:
             raise ValueError("--streaming needs --max_steps: a stream has no length to count epochs in")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

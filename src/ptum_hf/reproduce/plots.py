@@ -48,7 +48,7 @@ def write_plots(ctx: Context) -> list[Path]:
         path = ctx.output_dir / name
         try:
             with atomic_file(path) as tmp:
-                fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+                fig.savefig(tmp, format="png", dpi=plot_dpi(fig), bbox_inches="tight")
         finally:
             plt.close(fig)
         written.append(path)
@@ -127,3 +127,10 @@ def write_plots(ctx: Context) -> list[Path]:
         fig.tight_layout()
         save(fig, f"{name}.png")
     return written
+
+
+def plot_dpi(fig, dpi: float = 110, max_pixels: float = 3e6) -> float:
+    """`dpi`, lowered for a figure of many panels (the studies' dozens of models) so that no plot passes `max_pixels`:
+    the tables carry the numbers, and a plot kept in git should stay a few hundred KiB."""
+    width, height = fig.get_size_inches()
+    return min(dpi, (max_pixels / (width * height)) ** 0.5)
