@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptum_hf.reproduce import main
+from ptum_hf.reproduce import baselines, main
 from ptum_hf.reproduce.baselines import cosine_scores, ctr_baselines
 from ptum_hf.reproduce.jobs import Context
 from ptum_hf.reproduce.report import group, with_baselines
@@ -265,8 +265,6 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
 def test_svd_baseline_learns_from_every_user_without_labels(tmp_path, monkeypatch):
     from sklearn.decomposition import TruncatedSVD
 
-    from ptum_hf.reproduce import baselines
-
     fitted_rows = []
     fit = TruncatedSVD.fit
     monkeypatch.setattr(
@@ -286,8 +284,28 @@ def test_user_models_are_paired_with_the_svd_baseline(quick_run):
     out, _ = quick_run
     pairs = {row[3] for row in table_rows((out / "table2.md").read_text().split("### Paired")[1])}
     assert "PTUM finetune − LR, SVD of the TF-IDF bag on all users (no labels)" in pairs
-    probe = {row[3] for row in table_rows((out / "probe.md").read_text().split("### Paired")[1])}
-    assert "LR on frozen PTUM user vectors − LR, SVD of the TF-IDF bag on all users (no labels)" in probe
+    probe = {(row[2], row[4]) for row in table_rows((out / "probe.md").read_text().split("### Paired")[1])}
+    assert (
+        baselines.PROBE_SETTING,
+        "LR on frozen PTUM user vectors − LR, SVD of the TF-IDF bag on all users (no labels)",
+    ) in probe
+
+
+def test_the_probe_is_fitted_as_svd_lr_is(tmp_path, monkeypatch):
+    """Given SVD + LR's own features, the probe scores what SVD + LR scores: the two differ only in the features."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    monkeypatch.setattr(baselines, "SVD_RANKS", (8,))
+    ctx = Context(build_settings(parse_args(["--quick"])), tmp_path, tmp_path / ".work", quick=True)
+    data = ctx.data("synthetic")
+    svd_lr = baselines.demographic_baselines(ctx, "synthetic", 0.5, 0)["svd_lr"]
+    bags = [" ".join(f"i{b}" for b in ids) for ids in data.users["behavior_ids"]]
+    matrix = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True).fit_transform(bags)
+    vectors = TruncatedSVD(8, random_state=0).fit_transform(matrix) * 3.0  # the probe normalises: scale is moot
+    probe = baselines.probe_scores(vectors, data, 0.5, 0)
+    for metric in ("age_macro_f1", "gender_auc", "age_C", "gender_C"):
+        assert probe[metric] == pytest.approx(svd_lr[metric]), metric
 
 
 def test_config_overrides_reach_the_model_and_its_name():

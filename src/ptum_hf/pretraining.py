@@ -631,5 +631,9 @@ def _pretrain(args: PretrainingArguments, card_data, accelerator, tracker) -> Pa
         if args.push_to_hub:
             push_to_hub(unwrapped, args.hub_model_id or Path(args.output_dir).name, tokenizer=tokenizer, card=card)
     accelerator.wait_for_everyone()
+    # Drop the DDP wrapper while the process group is still registered: a Reducer holding the group's last reference
+    # destroys it with the GIL held, which deadlocks against gloo's worker threads (pytorch/pytorch#56297).
+    del model
+    accelerator.free_memory()
     accelerator.end_training()
     return final_dir

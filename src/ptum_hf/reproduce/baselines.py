@@ -14,6 +14,7 @@ from .jobs import Context
 
 DEMOGRAPHIC_HEADS = ("age", "gender")
 SVD_RANKS = (32, 64, 128)  # chosen on the validation users, with C
+PROBE_SETTING = "L2, as SVD+LR"  # the probe's protocol, in its records' `setting`: `probe_scores`
 
 
 def demographic_baselines(
@@ -37,8 +38,6 @@ def fit_demographic_baselines(data, train, validation, test, recent: int | None 
     models see, since they keep only the most recent `max_behaviors`."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
     from sklearn.preprocessing import normalize
 
     def bag(keep=None):  # each user's items (only the last `keep` of them) as one document
@@ -67,6 +66,18 @@ def fit_demographic_baselines(data, train, validation, test, recent: int | None 
     for rank in ranks:
         svd = TruncatedSVD(rank, random_state=0).fit(matrix)
         options["svd_lr"].append((rank, [normalize(svd.transform(x)) for x in parts]))
+    return fit_heads(options, train, validation, test)
+
+
+def fit_heads(options: dict, train, validation, test) -> dict:
+    """The demographic heads fitted by LR on fixed features, one protocol for every feature set (the baselines and the
+    probe): C (and a feature option, e.g. the SVD rank) chosen on `validation` by macro-F1, scored on `test`.
+
+    `options`: {variant: [(option, (x_train, x_validation, x_test))]}. Returns {variant: {metric: value}}, with the
+    majority class of `train` as "majority"."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
     out = {"majority": {}, **{variant: {} for variant in options}}
     for head in DEMOGRAPHIC_HEADS:
         y_train, y_val, y_test = (np.asarray(p[head], dtype=float) for p in (train, validation, test))
@@ -252,33 +263,11 @@ def user_vectors(model_dir: Path, data, random_init: bool = False) -> np.ndarray
 
 
 def probe_scores(vectors: np.ndarray, data, ratio: float, repeat: int) -> dict:
-    """LR (C on the validation users by macro-F1) on fixed user vectors, on the user models' split."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-    from sklearn.preprocessing import StandardScaler
+    """The linear probe: LR on fixed user vectors, L2-normalised, on the user models' split, fitted exactly as the
+    SVD + LR baseline is (`fit_heads`), so that the two differ only in the features."""
+    from sklearn.preprocessing import normalize
 
     index = {user: row for row, user in enumerate(data.users["user_id"])}
     parts = demographics_splits(data, DEMOGRAPHIC_HEADS, ratio, repeat)
-    x = [vectors[[index[u] for u in part["user_id"]]] for part in parts]
-    scaler = StandardScaler().fit(x[0])
-    x = [scaler.transform(v) for v in x]
-    out = {}
-    for head in DEMOGRAPHIC_HEADS:
-        y = [np.asarray(part[head], dtype=float) for part in parts]
-        keep = [~np.isnan(v) for v in y]
-        y = [v[k].astype(int) for v, k in zip(y, keep)]
-        xs = [v[k] for v, k in zip(x, keep)]
-        best = None
-        for c in (0.001, 0.01, 0.1, 1.0, 10.0):
-            model = LogisticRegression(C=c, max_iter=3000).fit(xs[0], y[0])
-            score = f1_score(y[1], model.predict(xs[1]), average="macro")
-            if best is None or score > best[0]:
-                best = (score, c, model)
-        prediction = best[2].predict(xs[2])
-        out[f"{head}_accuracy"] = accuracy_score(y[2], prediction)
-        out[f"{head}_macro_f1"] = f1_score(y[2], prediction, average="macro")
-        if head == "gender" and len(np.unique(y[2])) > 1:
-            out["gender_auc"] = roc_auc_score(y[2], best[2].predict_proba(xs[2])[:, 1])
-    out["accuracy"] = float(np.mean([out["age_accuracy"], out["gender_accuracy"]]))
-    out["macro_f1"] = float(np.mean([out["age_macro_f1"], out["gender_macro_f1"]]))
-    return {k: float(v) for k, v in out.items()}
+    x = [normalize(vectors[[index[u] for u in part["user_id"]]]) for part in parts]
+    return fit_heads({"probe": [(None, x)]}, *parts)["probe"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .baselines import ctr_baselines, demographic_baselines, probe_scores, user_vectors
+from .baselines import PROBE_SETTING, ctr_baselines, demographic_baselines, probe_scores, user_vectors
 from .jobs import Context, Job, log, quiet
 from .settings import MOVIELENS, SYNTHETIC, VARIANTS
 from .training import finetune_run, pretraining_job
@@ -279,7 +279,7 @@ def run_probe(ctx: Context):
         for v in ("probe_ptum", "probe_random")
         for r in s.ratios
         for k in range(s.repeats)
-        if ("probe", "demographics", dataset, label, "mbp+nbp", v, r, k) not in done
+        if ("probe", "demographics", dataset, label, PROBE_SETTING, v, r, k) not in done
     ]
     if not todo:
         return
@@ -294,7 +294,7 @@ def run_probe(ctx: Context):
                     "task": "demographics",
                     "dataset": dataset,
                     "preset": label,
-                    "setting": "mbp+nbp",
+                    "setting": PROBE_SETTING,
                     "variant": variant,
                     "ratio": ratio,
                     "repeat": repeat,

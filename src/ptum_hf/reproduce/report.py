@@ -8,12 +8,18 @@ import math
 import numpy as np
 
 from ..atomic import atomic_write_text
+from .baselines import PROBE_SETTING
 from .jobs import Context
 from .settings import VARIANT_NAMES
 
 DEMOGRAPHIC_METRICS = ("age_accuracy", "age_macro_f1", "gender_accuracy", "gender_macro_f1", "gender_auc")
 CTR_METRICS = ("auc", "ap")
 
+PROBE_NOTE = (
+    f"Setting `{PROBE_SETTING}`: the user vectors L2-normalised and LR fitted exactly as SVD + LR is (C in 0.1..30 "
+    "chosen on the validation users). `mbp+nbp`: records made before that, with standardised vectors and C in "
+    "0.001..10."
+)
 PROBE_COMPARISONS = [("probe_ptum", "probe_random"), ("probe_ptum", "lr_tfidf"), ("probe_ptum", "svd_lr")]
 DEMOGRAPHIC_COMPARISONS = [
     ("ptum_finetune", "scratch"),
@@ -141,20 +147,15 @@ def variant_table(cells, metrics, baselines=None, include_setting=False) -> list
     return lines
 
 
-def paired_table(cells, metrics, comparisons, baselines=None) -> list[str]:
-    head = ["dataset", "model", "labels", "comparison"] + list(metrics)
+def paired_table(cells, metrics, comparisons, baselines=None, include_setting=False) -> list[str]:
+    head = ["dataset", "model"] + (["setting"] if include_setting else []) + ["labels", "comparison"] + list(metrics)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (_, dataset, preset, _, ratio), rows in with_baselines(cells, baselines):
+    for (_, dataset, preset, setting, ratio), rows in with_baselines(cells, baselines):
         for a, b in comparisons:
             if a in rows and b in rows:
                 label = f"{variant_name(a)} − {variant_name(b)}"
-                lines.append(
-                    "| "
-                    + " | ".join(
-                        [dataset, preset, ratio_label(ratio), label] + [paired(rows[a], rows[b], m) for m in metrics]
-                    )
-                    + " |"
-                )
+                first = [dataset, preset] + ([setting] if include_setting else []) + [ratio_label(ratio), label]
+                lines.append("| " + " | ".join(first + [paired(rows[a], rows[b], m) for m in metrics]) + " |")
     return lines
 
 
@@ -229,10 +230,10 @@ def write_tables(ctx: Context, header: str) -> dict[str, list[str]]:
     cells = group(ctx.records.load("probe"))
     if cells:
         sections["probe"] = (
-            ["## Linear probe: LR on frozen user vectors", "", notes, ""]
-            + variant_table(cells, DEMOGRAPHIC_METRICS, b_demo)
+            ["## Linear probe: LR on frozen user vectors", "", notes, "", PROBE_NOTE, ""]
+            + variant_table(cells, DEMOGRAPHIC_METRICS, b_demo, include_setting=True)
             + ["", "### Paired differences", ""]
-            + paired_table(cells, DEMOGRAPHIC_METRICS, PROBE_COMPARISONS, b_demo)
+            + paired_table(cells, DEMOGRAPHIC_METRICS, PROBE_COMPARISONS, b_demo, include_setting=True)
         )
     cells = group(ctx.records.load("scale"))
     if cells:  # its baselines are recorded beside the models (preset "-"): join them as in table2
