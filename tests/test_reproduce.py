@@ -302,7 +302,7 @@ def test_the_probe_is_fitted_as_svd_lr_is(tmp_path, monkeypatch):
     svd_lr = baselines.demographic_baselines(ctx, "synthetic", 0.5, 0)["svd_lr"]
     bags = [" ".join(f"i{b}" for b in ids) for ids in data.users["behavior_ids"]]
     matrix = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True).fit_transform(bags)
-    vectors = TruncatedSVD(8, random_state=0).fit_transform(matrix) * 3.0  # the probe normalises: scale is moot
+    vectors = TruncatedSVD(8, random_state=0).fit(matrix).transform(matrix) * 3.0  # the probe normalises: scale is moot
     probe = baselines.probe_scores(vectors, data, 0.5, 0)
     for metric in ("age_macro_f1", "gender_auc", "age_C", "gender_C"):
         assert probe[metric] == pytest.approx(svd_lr[metric]), metric

@@ -263,11 +263,16 @@ def user_vectors(model_dir: Path, data, random_init: bool = False) -> np.ndarray
 
 
 def probe_scores(vectors: np.ndarray, data, ratio: float, repeat: int) -> dict:
-    """The linear probe: LR on fixed user vectors, L2-normalised, on the user models' split, fitted exactly as the
-    SVD + LR baseline is (`fit_heads`), so that the two differ only in the features."""
+    """The linear probe on the user models' split (`demographics_splits`) of `data`: `probe_split`."""
+    return probe_split(vectors, data, demographics_splits(data, DEMOGRAPHIC_HEADS, ratio, repeat))
+
+
+def probe_split(vectors: np.ndarray, data, parts) -> dict:
+    """The linear probe: LR on fixed user vectors (`vectors[i]` is `data.users[i]`'s), L2-normalised, fitted on the
+    (train, validation, test) `parts` exactly as the SVD + LR baseline is (`fit_heads`), so that the two differ only
+    in the features."""
     from sklearn.preprocessing import normalize
 
     index = {user: row for row, user in enumerate(data.users["user_id"])}
-    parts = demographics_splits(data, DEMOGRAPHIC_HEADS, ratio, repeat)
     x = [normalize(vectors[[index[u] for u in part["user_id"]]]) for part in parts]
     return fit_heads({"probe": [(None, x)]}, *parts)["probe"]
