@@ -292,20 +292,35 @@ def test_user_models_are_paired_with_the_svd_baseline(quick_run):
 
 
 def test_the_probe_is_fitted_as_svd_lr_is(tmp_path, monkeypatch):
-    """Given SVD + LR's own features, the probe scores what SVD + LR scores: the two differ only in the features."""
+    """The probe and SVD + LR go through one fit (`fit_heads`): given SVD + LR's own features, the probe's L2 option
+    is exactly SVD + LR's input and scores exactly what SVD + LR scores; the other option standardises."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
+    from ptum_hf.data.splits import demographics_splits
+
     monkeypatch.setattr(baselines, "SVD_RANKS", (8,))
+    fit_heads, calls = baselines.fit_heads, []
+    monkeypatch.setattr(
+        baselines, "fit_heads", lambda options, *parts: calls.append(options) or fit_heads(options, *parts)
+    )
     ctx = Context(build_settings(parse_args(["--quick"])), tmp_path, tmp_path / ".work", quick=True)
     data = ctx.data("synthetic")
     svd_lr = baselines.demographic_baselines(ctx, "synthetic", 0.5, 0)["svd_lr"]
     bags = [" ".join(f"i{b}" for b in ids) for ids in data.users["behavior_ids"]]
     matrix = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True).fit_transform(bags)
-    vectors = TruncatedSVD(8, random_state=0).fit(matrix).transform(matrix) * 3.0  # the probe normalises: scale is moot
+    vectors = TruncatedSVD(8, random_state=0).fit(matrix).transform(matrix) * 3.0  # normalised away by the L2 option
     probe = baselines.probe_scores(vectors, data, 0.5, 0)
+    ((_, svd_features),) = calls[0]["svd_lr"]
+    choices = {choice["standardised"]: x for choice, x in calls[1]["probe"]}
+    assert set(choices) == {0, 1} and probe["age_standardised"] in (0, 1)
+    for ours, theirs in zip(choices[0], svd_features):
+        np.testing.assert_allclose(ours, theirs, atol=1e-9)
+    np.testing.assert_allclose(choices[1][0].mean(0), 0, atol=1e-9)  # standardised on the training users
+    parts = demographics_splits(data, baselines.DEMOGRAPHIC_HEADS, 0.5, 0)
+    l2_only = fit_heads({"probe": [({}, choices[0])]}, *parts)["probe"]
     for metric in ("age_macro_f1", "gender_auc", "age_C", "gender_C"):
-        assert probe[metric] == pytest.approx(svd_lr[metric]), metric
+        assert l2_only[metric] == pytest.approx(svd_lr[metric]), metric
 
 
 def test_config_overrides_reach_the_model_and_its_name():

@@ -14,7 +14,7 @@ from .jobs import Context
 
 DEMOGRAPHIC_HEADS = ("age", "gender")
 SVD_RANKS = (32, 64, 128)  # chosen on the validation users, with C
-PROBE_SETTING = "L2, as SVD+LR"  # the probe's protocol, in its records' `setting`: `probe_scores`
+PROBE_SETTING = "as SVD+LR"  # the probe's protocol, in its records' `setting`: `probe_split`
 
 
 def demographic_baselines(
@@ -57,7 +57,7 @@ def fit_demographic_baselines(data, train, validation, test, recent: int | None 
     # The same model on the words of the behavior texts (what the user models read) instead of item identities.
     texts = lambda part: [" ".join(data.behaviors[b] for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
     features["lr_tfidf_words"] = fit_transform(TfidfVectorizer(sublinear_tf=True, min_df=2), texts)
-    options = {variant: [(None, x)] for variant, x in features.items()}  # variant -> [(rank, (train, val, test))]
+    options = {variant: [({}, x)] for variant, x in features.items()}  # variant -> [(choice, (train, val, test))]
     everyone = TfidfVectorizer(**items)
     matrix = everyone.fit_transform(bag()(data.users))
     ranks = sorted({min(k, min(matrix.shape) - 1) for k in SVD_RANKS} - {0})
@@ -65,16 +65,18 @@ def fit_demographic_baselines(data, train, validation, test, recent: int | None 
     options["svd_lr"] = []
     for rank in ranks:
         svd = TruncatedSVD(rank, random_state=0).fit(matrix)
-        options["svd_lr"].append((rank, [normalize(svd.transform(x)) for x in parts]))
+        options["svd_lr"].append(({"rank": rank}, [normalize(svd.transform(x)) for x in parts]))
     return fit_heads(options, train, validation, test)
 
 
 def fit_heads(options: dict, train, validation, test) -> dict:
     """The demographic heads fitted by LR on fixed features, one protocol for every feature set (the baselines and the
-    probe): C (and a feature option, e.g. the SVD rank) chosen on `validation` by macro-F1, scored on `test`.
+    probe): C, and which of a variant's feature options (the SVD rank, the probe's scaling), chosen on `validation` by
+    macro-F1, scored on `test`.
 
-    `options`: {variant: [(option, (x_train, x_validation, x_test))]}. Returns {variant: {metric: value}}, with the
-    majority class of `train` as "majority"."""
+    `options`: {variant: [(choice, (x_train, x_validation, x_test))]}, `choice` a dict of numbers recorded as
+    `{head}_{key}` (e.g. {"rank": 32}). Returns {variant: {metric: value}}, with the majority class of `train` as
+    "majority"."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
@@ -96,20 +98,19 @@ def fit_heads(options: dict, train, validation, test) -> dict:
             if len(np.unique(y_train)) < 2 or not choices:  # a tiny --quick split
                 out[variant].update({k: v for k, v in out["majority"].items() if k.startswith(head)})
                 continue
-            for rank, (x_train, x_val, x_test) in choices:
-                for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0):  # C (and the rank) chosen on the validation users
+            for choice, (x_train, x_val, x_test) in choices:
+                for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0):  # C (and the option) chosen on the validation users
                     model = LogisticRegression(C=c, max_iter=2000, class_weight=None)
                     model.fit(x_train[keep_train], y_train)
                     score = f1_score(y_val, model.predict(x_val[keep_val]), average="macro")
                     if best is None or score > best[0]:
-                        best = (score, c, model, rank, x_test)
-            _, c, model, rank, x_test = best
+                        best = (score, c, model, choice, x_test)
+            _, c, model, choice, x_test = best
             prediction = model.predict(x_test[keep_test])
             out[variant][f"{head}_accuracy"] = accuracy_score(y_test, prediction)
             out[variant][f"{head}_macro_f1"] = f1_score(y_test, prediction, average="macro")
             out[variant][f"{head}_C"] = c
-            if rank is not None:
-                out[variant][f"{head}_rank"] = rank
+            out[variant].update({f"{head}_{key}": value for key, value in choice.items()})
             if head == "gender":
                 scores = model.predict_proba(x_test[keep_test])[:, 1]
                 out[variant]["gender_auc"] = roc_auc_score(y_test, scores) if len(np.unique(y_test)) > 1 else math.nan
@@ -268,11 +269,18 @@ def probe_scores(vectors: np.ndarray, data, ratio: float, repeat: int) -> dict:
 
 
 def probe_split(vectors: np.ndarray, data, parts) -> dict:
-    """The linear probe: LR on fixed user vectors (`vectors[i]` is `data.users[i]`'s), L2-normalised, fitted on the
-    (train, validation, test) `parts` exactly as the SVD + LR baseline is (`fit_heads`), so that the two differ only
-    in the features."""
-    from sklearn.preprocessing import normalize
+    """The linear probe: LR on fixed user vectors (`vectors[i]` is `data.users[i]`'s) on the (train, validation, test)
+    `parts`, fitted as the SVD + LR baseline is (`fit_heads`). The vectors are L2-normalised as SVD's are, or
+    standardised (centred and scaled on the training users), whichever scores better on the validation users (as
+    SVD's rank is chosen): vectors with a large component shared by every user need the centring
+    (`{head}_standardised` says which was chosen)."""
+    from sklearn.preprocessing import StandardScaler, normalize
 
     index = {user: row for row, user in enumerate(data.users["user_id"])}
-    x = [normalize(vectors[[index[u] for u in part["user_id"]]]) for part in parts]
-    return fit_heads({"probe": [(None, x)]}, *parts)["probe"]
+    x = [vectors[[index[u] for u in part["user_id"]]] for part in parts]
+    scaler = StandardScaler().fit(x[0])
+    choices = [
+        ({"standardised": 0}, [normalize(v) for v in x]),
+        ({"standardised": 1}, [scaler.transform(v) for v in x]),
+    ]
+    return fit_heads({"probe": choices}, *parts)["probe"]

@@ -16,9 +16,9 @@ DEMOGRAPHIC_METRICS = ("age_accuracy", "age_macro_f1", "gender_accuracy", "gende
 CTR_METRICS = ("auc", "ap")
 
 PROBE_NOTE = (
-    f"Setting `{PROBE_SETTING}`: the user vectors L2-normalised and LR fitted exactly as SVD + LR is (C in 0.1..30 "
-    "chosen on the validation users). `mbp+nbp`: records made before that, with standardised vectors and C in "
-    "0.001..10."
+    f"Setting `{PROBE_SETTING}`: LR fitted exactly as SVD + LR is (C in 0.1..30 chosen on the validation users), on "
+    "the vectors L2-normalised or standardised, whichever validates better. `L2, as SVD+LR`: L2-normalised only. "
+    "`mbp+nbp`: the records made before either, standardised, C in 0.001..10."
 )
 PROBE_COMPARISONS = [("probe_ptum", "probe_random"), ("probe_ptum", "lr_tfidf"), ("probe_ptum", "svd_lr")]
 DEMOGRAPHIC_COMPARISONS = [
