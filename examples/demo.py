@@ -21,7 +21,13 @@ import numpy as np
 from ptum_hf.atomic import atomic_write_text
 from ptum_hf.configuration_ptum import SIZE_PRESETS
 from ptum_hf.data import load_behavior_data
-from ptum_hf.finetuning import FinetuneArguments, default_training_arguments, finetune, task_splits
+from ptum_hf.finetuning import (
+    FinetuneArguments,
+    default_training_arguments,
+    finetune,
+    label_fraction_for,
+    task_splits,
+)
 from ptum_hf.modelcard import PTUMModelCardData
 from ptum_hf.pretraining import PretrainingArguments, pretrain
 from ptum_hf.reproduce.baselines import fit_demographic_baselines
@@ -108,8 +114,7 @@ def main():
     rows = {}
     for split in range(args.splits):
         # The users `finetune` trains, validates and tests on (`task_splits`), so the baselines get the same ones.
-        every = task_splits(data, FinetuneArguments(split_seed=split))[0]
-        fraction = args.labeled_users / len(every)
+        fraction = label_fraction_for(data, args.labeled_users, split)
         options = dict(label_fraction=fraction, split_seed=split, max_eval_samples=None)
         train, validation, test = task_splits(data, FinetuneArguments(**options))
         print(f"[2/3] split {split + 1}/{args.splits}: baselines on {len(train)} labeled users", flush=True)

@@ -18,7 +18,7 @@ import numpy as np
 from ptum_hf.atomic import atomic_write_text
 from ptum_hf.configuration_ptum import RECIPES, SIZE_PRESETS
 from ptum_hf.data import load_behavior_data
-from ptum_hf.finetuning import FinetuneArguments, task_splits
+from ptum_hf.finetuning import FinetuneArguments, label_fraction_for, task_splits
 from ptum_hf.pretraining import PretrainingArguments, pretrain
 from ptum_hf.reproduce.baselines import fit_demographic_baselines, probe_split, user_vectors
 
@@ -77,8 +77,8 @@ def measure(args, num_users: int, out: Path) -> dict:
     vectors = user_vectors(model_dir, data)
     splits = []
     for split in range(args.splits):
-        every = task_splits(data, FinetuneArguments(split_seed=split))[0]
-        options = dict(label_fraction=args.labeled_users / len(every), split_seed=split, max_eval_samples=None)
+        fraction = label_fraction_for(data, args.labeled_users, split)
+        options = dict(label_fraction=fraction, split_seed=split, max_eval_samples=None)
         parts = task_splits(data, FinetuneArguments(**options))
         fitted = fit_demographic_baselines(data, *parts)
         splits.append({"probe": probe_split(vectors, data, parts), **{name: fitted[name] for name in BASELINES}})

@@ -300,6 +300,11 @@ def task_splits(data, args: FinetuneArguments):
     return ctr_splits(data, args.label_fraction, args.split_seed)
 
 
+def label_fraction_for(data, labeled_users: int, split_seed: int = 0) -> float:
+    """The `label_fraction` that leaves `labeled_users` labeled training users in demographics split `split_seed`."""
+    return labeled_users / len(task_splits(data, FinetuneArguments(split_seed=split_seed))[0])
+
+
 def task_label_heads(data, args: FinetuneArguments) -> dict[str, int]:
     """The label columns to fine-tune on (`args.head_names`, or every label of the data) -> class count."""
     names = args.head_names if args.head_names is not None else list(data.label_heads)
