@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ptum_hf import PTUMConfig, PTUMForCTR, PTUMForDemographicClassification, PTUMModel
-from ptum_hf.data import BehaviorTokenCache, load_behavior_dataset, train_behavior_tokenizer
+from ptum_hf.data import BehaviorTokenCache, CTRCollator, load_behavior_dataset, train_behavior_tokenizer
 from ptum_hf.embedding import iter_user_embeddings, user_collator
 from ptum_hf.finetuning import FinetuneArguments, build_collator
 from ptum_hf.pretraining import pretraining_collator
@@ -150,3 +150,42 @@ def test_ad_id_bias_learns_seen_ads_and_leaves_new_ads_to_their_text(setup):
         assert torch.allclose(model(**batch).logits, expected, atol=1e-6)
         with pytest.raises(ValueError, match="ad_id_bias needs behavior_bucket_ids"):
             model(**{k: v for k, v in batch.items() if k != "behavior_bucket_ids"})
+
+
+def test_user_id_bias_learns_seen_users_and_scores_new_users_from_their_history(setup):
+    data, tokenizer, config, cache = setup
+    with pytest.raises(ValueError, match="user_id_buckets must be an integer"):
+        PTUMConfig(**{**config.to_dict(), "user_id_buckets": -1})
+    biased = PTUMConfig(**{**config.to_dict(), "user_id_buckets": BUCKETS})
+    torch.manual_seed(0)
+    model = PTUMForCTR(biased)
+    assert torch.equal(model.user_id_bias, torch.zeros(BUCKETS))
+    collator = build_collator(FinetuneArguments(task="ctr"), data, tokenizer, biased, cache)
+    rows = [data.ctr["train"][i] for i in range(16)]
+    batch = collator(rows)
+    # The bucket is the user id's hash, whatever the user's row in this dataset.
+    user_ids = [data.users[r["user_index"]]["user_id"] for r in rows]
+    expected = (text_hashes(user_ids) % np.uint64(BUCKETS)).astype(np.int64)
+    assert np.array_equal(batch["user_bucket_ids"].numpy(), expected)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    seen = batch["user_bucket_ids"].unique()
+    assert (model.user_id_bias[seen] != 0).all()
+    unseen = torch.ones(BUCKETS, dtype=torch.bool)
+    unseen[seen] = False
+    assert torch.equal(model.user_id_bias[unseen], torch.zeros(int(unseen.sum())))
+    model.eval()
+    with torch.no_grad():
+        logits = model(**batch).logits
+        new_users = model(**{**batch, "user_bucket_ids": torch.full_like(batch["user_bucket_ids"], -1)}).logits
+        assert torch.allclose(new_users, logits - model.user_id_bias[batch["user_bucket_ids"]], atol=1e-6)
+        with pytest.raises(ValueError, match="user_id_buckets needs user_bucket_ids"):
+            model(**{k: v for k, v in batch.items() if k != "user_bucket_ids"})
+        with pytest.raises(ValueError, match=r"user_bucket_ids must hold buckets in \[0, 1000\)"):
+            model(**{**batch, "user_bucket_ids": batch["user_bucket_ids"] + BUCKETS})
+    # Without user ids the collator cannot give the buckets, and says so.
+    with pytest.raises(ValueError, match="user_id_buckets needs user_ids="):
+        CTRCollator(token_cache=cache, sequences=data.sequences(), user_id_buckets=BUCKETS)

@@ -130,14 +130,20 @@ def test_cli_exports_the_user_encoder_and_demographics_head(tmp_path, synthetic,
         assert_same(onnx_output(out / "demographics.onnx", batch), expected.logits)
 
 
-def test_ctr_head_with_behavior_ids_exports(tmp_path, synthetic):
+def test_ctr_head_with_behavior_and_user_ids_exports(tmp_path, synthetic):
     data, tokenizer = synthetic
-    model, cache = checkpoint(tmp_path / "model", PTUMForCTR, data, tokenizer, behavior_id_buckets=64)
+    model, cache = checkpoint(
+        tmp_path / "model", PTUMForCTR, data, tokenizer, behavior_id_buckets=64, ad_id_bias=True, user_id_buckets=32
+    )
+    with torch.no_grad():  # trained-looking biases, so that a graph which dropped them would score differently
+        model.ad_id_bias.normal_()
+        model.user_id_bias.normal_()
+    model.save_pretrained(tmp_path / "model")
     main(["export", str(tmp_path / "model"), "--output", str(tmp_path / "onnx")])
     manifest = json.loads((tmp_path / "onnx" / "export.json").read_text())
-    assert "behavior_bucket_ids" in manifest["graphs"]["ctr"]["inputs"]
+    assert {"behavior_bucket_ids", "user_bucket_ids"} <= set(manifest["graphs"]["ctr"]["inputs"])
     collator = CTRCollator.from_dataset(
-        data, tokenizer, token_cache=cache, max_behaviors=12, max_tokens=8, id_buckets=64
+        data, tokenizer, token_cache=cache, max_behaviors=12, max_tokens=8, id_buckets=64, user_id_buckets=32
     )
     for rows in (range(0, 2), range(2, 11)):
         batch = collator([data.ctr["train"][i] for i in rows])

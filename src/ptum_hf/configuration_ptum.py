@@ -96,7 +96,7 @@ SIZE_LIMITS = {
     "num_negatives": 10_000,
     "num_next": 10_000,
 }
-MAX_ID_BUCKETS = 10_000_000  # rows of the behavior id embedding
+MAX_ID_BUCKETS = 10_000_000  # rows of the behavior (or user) id embedding
 MAX_LABEL_HEADS = 1_000  # demographic heads in `label_heads`
 MAX_LABEL_CLASSES = 1_000_000  # classes of one head
 
@@ -162,6 +162,10 @@ class PTUMConfig(PretrainedConfig):
             ad title's id bucket (needs `behavior_id_buckets` > 0): what an item's own click rate says, which its
             text may not. The biases start at 0 and only ads seen in training move theirs, so a new ad is scored
             from its text (and any bucket it shares by hashing).
+        user_id_buckets (`int`, *optional*, defaults to 0): CTR adds a learned bias per user identity, in this many
+            hashed buckets of the user id (0: none): a user's own click rate, which the behaviors may not carry (a
+            log of what a user rated does not say how). The biases start at 0 and only users seen in training move
+            theirs, so a new user is scored from the history alone (and any bucket it shares by hashing).
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal initialiser.
 
     Example:
@@ -212,6 +216,7 @@ class PTUMConfig(PretrainedConfig):
         share_ad_encoder: bool = True,
         ad_prior: bool = False,
         ad_id_bias: bool = False,
+        user_id_buckets: int = 0,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -257,6 +262,7 @@ class PTUMConfig(PretrainedConfig):
         self.share_ad_encoder = share_ad_encoder
         self.ad_prior = ad_prior
         self.ad_id_bias = ad_id_bias
+        self.user_id_buckets = user_id_buckets
         self.initializer_range = initializer_range
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.validate_ptum()
@@ -366,11 +372,11 @@ class PTUMConfig(PretrainedConfig):
             raise ValueError(f"nbp_weight (lambda) must be a finite number >= 0, got {self.nbp_weight!r}")
         if not _is_number(self.initializer_range) or not 0.0 <= self.initializer_range < math.inf:
             raise ValueError(f"initializer_range must be a finite number >= 0, got {self.initializer_range!r}")
+        for name in ("behavior_id_buckets", "user_id_buckets"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID_BUCKETS:
+                raise ValueError(f"{name} must be an integer in [0, {MAX_ID_BUCKETS}] (0: none), got {value!r}")
         buckets = self.behavior_id_buckets
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or not 0 <= buckets <= MAX_ID_BUCKETS:
-            raise ValueError(
-                f"behavior_id_buckets must be an integer in [0, {MAX_ID_BUCKETS}] (0: none), got {buckets!r}"
-            )
         if self.ad_id_bias and not buckets:
             raise ValueError("ad_id_bias needs behavior_id_buckets > 0 (the bias is indexed by the ad's id bucket)")
         if not _is_number(self.bag_weight) or not 0.0 <= self.bag_weight < math.inf:

@@ -6,8 +6,9 @@ The folder written holds `user_encoder.onnx` (a batch -> `user_embeddings`) and,
 head's graph (`demographics.onnx` -> `logits`, `ctr.onnx` -> click `logits`), plus `config.json`, the tokenizer and
 `export.json` (each graph's inputs and outputs). Inputs are the batch tensors of the collators in `ptum_hf.data`
 (`behavior_input_ids`, `behavior_attention_mask`, `history_indices`, `history_time_gaps`, `behavior_bucket_ids`
-with `config.behavior_id_buckets`, and CTR's ad rows); every size is dynamic: batch, unique behaviors M, tokens per
-behavior L (up to `config.max_tokens_per_behavior`) and history length N.
+with `config.behavior_id_buckets`, CTR's ad rows and `user_bucket_ids` with `config.user_id_buckets`); every size is
+dynamic: batch, unique behaviors M, tokens per behavior L (up to `config.max_tokens_per_behavior`) and history length
+N.
 
 The graphs are traced with `torch.export` (the models take their shape-only paths then; see
 `modeling_ptum._is_exporting`) and converted by `torch.onnx.export(dynamo=True)`. They check no input values: the
@@ -67,6 +68,7 @@ class ServingGraph(nn.Module):
         behavior_bucket_ids: torch.Tensor | None = None,
         ad_title_indices: torch.Tensor | None = None,
         ad_description_indices: torch.Tensor | None = None,
+        user_bucket_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch = dict(
             behavior_input_ids=behavior_input_ids,
@@ -76,6 +78,7 @@ class ServingGraph(nn.Module):
             behavior_bucket_ids=behavior_bucket_ids,
             ad_title_indices=ad_title_indices,
             ad_description_indices=ad_description_indices,
+            user_bucket_ids=user_bucket_ids,
         )
         batch = {name: value for name, value in batch.items() if value is not None}
         return getattr(self.model(**batch, return_dict=True), self.output)
@@ -88,6 +91,8 @@ def graph_inputs(config, graph: str) -> list[str]:
         names.append("behavior_bucket_ids")
     if graph == "ctr":
         names += AD_INPUTS
+        if config.user_id_buckets:
+            names.append("user_bucket_ids")
     return names
 
 
@@ -118,6 +123,8 @@ def example_batch(config, graph: str, batch: int = 3, history: int = 4, behavior
         inputs["ad_description_indices"] = torch.where(
             described, torch.randint(0, behaviors, (batch,), generator=g), PAD_INDEX
         )
+        if config.user_id_buckets:
+            inputs["user_bucket_ids"] = torch.randint(-1, config.user_id_buckets, (batch,), generator=g)
     return {name: inputs[name] for name in graph_inputs(config, graph)}
 
 
@@ -134,6 +141,7 @@ def dynamic_shapes(config, graph: str) -> dict:
         "behavior_bucket_ids": {0: behaviors},
         "ad_title_indices": {0: batch},
         "ad_description_indices": {0: batch},
+        "user_bucket_ids": {0: batch},
     }
     return {name: shapes[name] for name in graph_inputs(config, graph)}
 

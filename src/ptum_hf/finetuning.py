@@ -346,7 +346,7 @@ def build_collator(args: FinetuneArguments, data, tokenizer, config, token_cache
     )
     if args.task == "demographics":
         return DemographicsCollator.from_dataset(data, tokenizer, label_names=tuple(config.label_heads), **common)
-    return CTRCollator.from_dataset(data, tokenizer, **common)
+    return CTRCollator.from_dataset(data, tokenizer, user_id_buckets=config.user_id_buckets, **common)
 
 
 def finetune(

@@ -661,10 +661,11 @@ class PTUMPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.mask_embedding, std=self.config.initializer_range)
         elif isinstance(module, PTUMForCTR):
             # Bare parameters: `from_pretrained` leaves them uninitialised memory unless this sets them. Ad biases
-            # start at 0 so that an ad never trained on keeps a 0 bias (scored from its text).
+            # start at 0 so that an ad never trained on keeps a 0 bias (scored from its text); so do user biases.
             nn.init.zeros_(module.bias)
-            if module.ad_id_bias is not None:
-                nn.init.zeros_(module.ad_id_bias)
+            for biases in (module.ad_id_bias, module.user_id_bias):
+                if biases is not None:
+                    nn.init.zeros_(biases)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
@@ -1327,12 +1328,14 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int):
         )
 
 
-def _check_indices(indices: torch.Tensor, num_behaviors: int, name: str):
+def _check_indices(indices: torch.Tensor, num_rows: int, name: str, lowest: int = MASK_INDEX):
     if _is_exporting():  # a value check, as in `_check_token_ids`
         return
-    if indices.numel() and (int(indices.max()) >= num_behaviors or int(indices.min()) < MASK_INDEX):
+    if indices.numel() and (int(indices.max()) >= num_rows or int(indices.min()) < lowest):
+        what = "rows of the behavior table" if lowest == MASK_INDEX else "buckets"
+        allowed = "-1 (padding) / -2 (mask)" if lowest == MASK_INDEX else "-1 (none)"
         raise ValueError(
-            f"{name} must hold rows of the behavior table in [0, {num_behaviors}) or -1 (padding) / -2 (mask); "
+            f"{name} must hold {what} in [0, {num_rows}) or {allowed}; "
             f"got values in [{int(indices.min())}, {int(indices.max())}]"
         )
 
@@ -1563,7 +1566,8 @@ class PTUMForCTR(PTUMPreTrainedModel):
     """PTUM user model scoring a candidate ad: the ad's title and description are encoded by the behavior encoder
     (shared with the user side unless `config.share_ad_encoder=False`), combined by additive attention as in the
     paper's ad encoder, and the click logit is the user/ad dot product plus a bias (plus, with `config.ad_prior`, a
-    linear score of the ad vector alone; with `config.ad_id_bias`, a learned bias per ad identity)."""
+    linear score of the ad vector alone; with `config.ad_id_bias`, a learned bias per ad identity; with
+    `config.user_id_buckets`, a learned bias per user identity)."""
 
     def __init__(self, config: PTUMConfig):
         super().__init__(config)
@@ -1574,6 +1578,8 @@ class PTUMForCTR(PTUMPreTrainedModel):
         self.bias = nn.Parameter(torch.zeros(()))
         self.ad_prior = nn.Linear(config.hidden_size, 1) if config.ad_prior else None
         self.ad_id_bias = nn.Parameter(torch.zeros(config.behavior_id_buckets)) if config.ad_id_bias else None
+        buckets = config.user_id_buckets
+        self.user_id_bias = nn.Parameter(torch.zeros(buckets)) if buckets else None
         self.post_init()
         self._freeze_user_model_if_configured()
 
@@ -1593,6 +1599,18 @@ class PTUMForCTR(PTUMPreTrainedModel):
         buckets = behavior_bucket_ids[ad_title_indices]
         return self.ad_id_bias[buckets.clamp(min=0)] * (buckets >= 0)
 
+    def user_bias(self, user_bucket_ids: torch.LongTensor | None, batch_size: int):
+        """(B,) each user's learned bias (`config.user_id_buckets`); 0 for a bucket of -1 (a user scored as new)."""
+        if user_bucket_ids is None:
+            raise ValueError(
+                "user_id_buckets needs user_bucket_ids (B,): the CTR collator gives them; pass -1 for a user to score "
+                "from the history alone"
+            )
+        if user_bucket_ids.shape != (batch_size,):
+            raise ValueError(f"user_bucket_ids must have shape ({batch_size},), got {tuple(user_bucket_ids.shape)}")
+        _check_indices(user_bucket_ids, self.config.user_id_buckets, "user_bucket_ids", lowest=-1)
+        return self.user_id_bias[user_bucket_ids.clamp(min=0)] * (user_bucket_ids >= 0)
+
     def forward(
         self,
         behavior_input_ids: torch.LongTensor | None = None,
@@ -1604,6 +1622,7 @@ class PTUMForCTR(PTUMPreTrainedModel):
         labels: torch.FloatTensor | None = None,
         behavior_embeddings: torch.FloatTensor | None = None,
         behavior_bucket_ids: torch.LongTensor | None = None,
+        user_bucket_ids: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PTUMCTROutput | tuple:
@@ -1612,6 +1631,8 @@ class PTUMForCTR(PTUMPreTrainedModel):
             ad_title_indices (`torch.LongTensor` of shape `(batch_size,)`): the ad title's row in the behavior table.
             ad_description_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*): the description's row,
                 -1 when the ad has none.
+            user_bucket_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*): each user's id bucket, needed
+                with `config.user_id_buckets`; -1 scores a user as new (no user bias).
             labels (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): 1 for a click, 0 otherwise.
             return_dict (`bool`, *optional*): `False` returns `output.to_tuple()` (see `PTUMModel.forward`).
         """
@@ -1646,6 +1667,8 @@ class PTUMForCTR(PTUMPreTrainedModel):
             logits = logits + self.ad_prior(ad).squeeze(-1)
         if self.ad_id_bias is not None:
             logits = logits + self.ad_bias(behavior_bucket_ids, ad_title_indices)
+        if self.user_id_bias is not None:
+            logits = logits + self.user_bias(user_bucket_ids, logits.shape[0])
         loss = None
         if labels is not None:
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float().view(-1))

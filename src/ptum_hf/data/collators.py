@@ -437,20 +437,38 @@ class CTRCollator(BehaviorCollatorBase):
     CTR impressions (rows of `BehaviorDataset.ctr[split]`: `user_index`, `history_end`, `ad_title_id`,
     `ad_description_id`, `label`) -> `history_indices`, `history_time_gaps` (B, N): the user's last `max_behaviors`
     behaviors before the impression; `ad_title_indices`, `ad_description_indices` (B,) rows of the behavior table
-    (-1: no description); `labels` FloatTensor (B,) of 0/1.
+    (-1: no description); `labels` FloatTensor (B,) of 0/1. With `user_id_buckets` (`PTUMConfig.user_id_buckets`)
+    and `user_ids` (one per user index), `user_bucket_ids` (B,): each user id's hash modulo `user_id_buckets`.
     """
 
     sequences: UserSequences | None = None
+    user_ids: Sequence[str] | None = None
+    user_id_buckets: int = 0
+    _user_buckets: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         super().__post_init__()
         if self.sequences is None or self.token_cache is None:
             raise ValueError("CTRCollator needs sequences= (dataset.sequences()) and token_cache=")
+        buckets = self.user_id_buckets
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 0:
+            raise ValueError(f"user_id_buckets must be an integer >= 0 (0: none), got {buckets!r}")
+        if self.user_id_buckets:
+            if self.user_ids is None or len(self.user_ids) != len(self.sequences):
+                raise ValueError(
+                    f"user_id_buckets needs user_ids= (one id per user of sequences, {len(self.sequences)}); got "
+                    f"{None if self.user_ids is None else len(self.user_ids)}"
+                )
+            hashes = text_hashes(list(self.user_ids)) % np.uint64(self.user_id_buckets)
+            self._user_buckets = hashes.astype(np.int64)
 
     @classmethod
     def from_dataset_defaults(cls, dataset: BehaviorDataset, kwargs: dict) -> dict:
-        """The users' sequences, which impressions point into."""
-        return {} if "sequences" in kwargs else {"sequences": dataset.sequences()}
+        """The users' sequences, which impressions point into (and their ids, for `user_id_buckets`)."""
+        defaults = {} if "sequences" in kwargs else {"sequences": dataset.sequences()}
+        if kwargs.get("user_id_buckets") and "user_ids" not in kwargs:
+            defaults["user_ids"] = dataset.users["user_id"]
+        return defaults
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not features:
@@ -473,6 +491,8 @@ class CTRCollator(BehaviorCollatorBase):
         ids, gaps, _ = self.windows(events, starts, starts + ends, self.max_behaviors)
         titles, descriptions = column["ad_title_id"], column["ad_description_id"]
         table, inputs = self.table_inputs(events, ids, titles, descriptions)
+        if self._user_buckets is not None:
+            inputs["user_bucket_ids"] = self._user_buckets[users]
         return _tensors(
             **inputs,
             history_indices=self.rows(table, ids),

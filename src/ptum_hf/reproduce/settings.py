@@ -97,6 +97,7 @@ class Settings:
     classifier_layer_norm: bool = True
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     ctr_ad_id_bias: bool = False  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
+    ctr_user_id_buckets: int = 0  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
     user_model_learning_rate: float | None = DEFAULT_USER_LR  # PTUM finetune only; None: the head's rate for all
     learning_rate: float | None = None  # PTUM finetune: the Trainer's (head's) learning rate; None: VARIANTS'
@@ -137,6 +138,7 @@ class Settings:
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.ctr_ad_id_bias and preset in CTR_PRESETS, "(ad id bias)"),
+            (bool(self.ctr_user_id_buckets) and preset in CTR_PRESETS, "(user id bias)"),
             (bool(self.learning_rate), f"[lr {self.learning_rate:g}]" if self.learning_rate else ""),
             (user_lr is None, "[one lr]"),
             (user_lr not in (None, DEFAULT_USER_LR), f"[user lr {user_lr:g}]" if user_lr else ""),
@@ -245,6 +247,13 @@ def parse_args(argv=None):
         action=argparse.BooleanOptionalAction,
         default=None,
         help="CTR models add a learned bias per ad identity (PTUMConfig.ad_id_bias; needs behavior_id_buckets).",
+    )
+    parser.add_argument(
+        "--ctr_user_id_buckets",
+        type=int,
+        default=None,
+        help="CTR models add a learned bias per user identity, in this many hashed buckets (PTUMConfig."
+        "user_id_buckets; 0: none, the default).",
     )
     parser.add_argument(
         "--learning_rate",
@@ -362,6 +371,7 @@ def build_settings(args) -> Settings:
         "classifier_layer_norm",
         "ctr_ad_prior",
         "ctr_ad_id_bias",
+        "ctr_user_id_buckets",
         "user_model_learning_rate",
         "learning_rate",
         "sweep_data",
@@ -380,6 +390,8 @@ def build_settings(args) -> Settings:
         raise SystemExit("repeats, ctr_repeats and sweep_repeats must be >= 1")
     if not settings.scale_labeled or min(settings.scale_labeled) < 1:
         raise SystemExit(f"scale_labeled must be positive counts; got {settings.scale_labeled}")
+    if settings.ctr_user_id_buckets < 0:
+        raise SystemExit(f"ctr_user_id_buckets must be >= 0 (0: none); got {settings.ctr_user_id_buckets}")
     if args.jobs is None:
         args.jobs = 1 if args.quick else min(2, os.cpu_count() or 1)
     if args.jobs < 1:

@@ -154,9 +154,9 @@ def finetune_run(
         overrides["classifier_layer_norm"] = s.classifier_layer_norm
     if task == "ctr":
         overrides["max_eval_samples"] = s.ctr_eval_samples
-        head = {"ad_prior": s.ctr_ad_prior, "ad_id_bias": s.ctr_ad_id_bias}
+        head = {"ad_prior": s.ctr_ad_prior, "ad_id_bias": s.ctr_ad_id_bias, "user_id_buckets": s.ctr_user_id_buckets}
         if any(head.values()):
-            overrides["config_overrides"] = json.dumps({k: True for k, on in head.items() if on})
+            overrides["config_overrides"] = json.dumps({k: v for k, v in head.items() if v})
     args = FinetuneArguments(
         task=task,
         model_name_or_path=str(model_dir),
