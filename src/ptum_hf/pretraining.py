@@ -22,6 +22,7 @@ import random
 import re
 import shutil
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -424,7 +425,21 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
         if accelerator.is_main_process:
             remove_run_leftovers(args.output_dir)
         accelerator.wait_for_everyone()  # the others list the checkpoints once those are settled
-        return _pretrain(args, card_data, accelerator, tracker)
+        try:
+            return _pretrain(args, card_data, accelerator, tracker)
+        except BaseException as error:  # its traceback's frames (and its causes') hold the DDP wrapper: clear them
+            seen = set()
+            while error is not None and id(error) not in seen:
+                seen.add(id(error))
+                traceback.clear_frames(error.__traceback__)
+                error = error.__cause__ or error.__context__
+            raise
+        finally:
+            # Drop the DDP wrapper while the process group is still registered, after an error too (trackers are
+            # closed, and the run exits with its error): a Reducer holding the group's last reference destroys it
+            # with the GIL held, which deadlocks against gloo's worker threads at exit (pytorch/pytorch#56297).
+            accelerator.free_memory()
+            accelerator.end_training()
 
 
 def behavior_stream(args: PretrainingArguments):
@@ -631,9 +646,4 @@ def _pretrain(args: PretrainingArguments, card_data, accelerator, tracker) -> Pa
         if args.push_to_hub:
             push_to_hub(unwrapped, args.hub_model_id or Path(args.output_dir).name, tokenizer=tokenizer, card=card)
     accelerator.wait_for_everyone()
-    # Drop the DDP wrapper while the process group is still registered: a Reducer holding the group's last reference
-    # destroys it with the GIL held, which deadlocks against gloo's worker threads (pytorch/pytorch#56297).
-    del model
-    accelerator.free_memory()
-    accelerator.end_training()
-    return final_dir
+    return final_dir  # `pretrain` drops the DDP wrapper, then ends the run
