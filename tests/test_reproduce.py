@@ -260,6 +260,17 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
         build_settings(parse_args(["--scale_labeled", "200,many"]))
     with pytest.raises(SystemExit, match="ctr_repeats"):
         build_settings(parse_args(["--ctr_repeats", "0"]))
+    # The linear models (baselines, probe) run over more splits than the fine-tunes, and never over fewer.
+    assert (settings.repeats, settings.linear_splits) == (5, 20)
+    assert build_settings(parse_args(["--repeats", "30"])).linear_splits == 30
+    assert build_settings(parse_args(["--linear_repeats", "3"])).linear_splits == 5
+    assert build_settings(parse_args(["--quick"])).linear_splits == 1
+    with pytest.raises(SystemExit, match="linear_repeats must be >= 1"):
+        build_settings(parse_args(["--linear_repeats", "0"]))
+    settings = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--ctr_ad_id_bias"]))
+    assert settings.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias)"
+    with pytest.raises(SystemExit, match="ctr_user_id_buckets must be >= 0"):
+        build_settings(parse_args(["--ctr_user_id_buckets", "-1"]))
 
 
 def test_svd_baseline_learns_from_every_user_without_labels(tmp_path, monkeypatch):

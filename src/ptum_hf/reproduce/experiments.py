@@ -118,7 +118,7 @@ def run_baselines(ctx: Context):
     jobs = [("demographics", ctx.data_name(MOVIELENS))] + [("ctr", ctx.data_name(d)) for d in s.ctr_datasets]
     for task, dataset in jobs:
         for ratio in s.ratios:
-            for repeat in range(s.repeats):
+            for repeat in range(s.linear_splits if task == "demographics" else s.repeats):
                 wanted = (
                     ("majority", "lr_tfidf", "lr_tfidf_words", f"lr_tfidf_last{s.history_length}", "svd_lr")
                     if task == "demographics"
@@ -278,7 +278,7 @@ def run_probe(ctx: Context):
         (v, r, k)
         for v in ("probe_ptum", "probe_random")
         for r in s.ratios
-        for k in range(s.repeats)
+        for k in range(s.linear_splits)
         if ("probe", "demographics", dataset, label, PROBE_SETTING, v, r, k) not in done
     ]
     if not todo:
