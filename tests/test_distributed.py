@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ptum_hf.checkpointing import resolve_checkpoint
 from ptum_hf.modeling_ptum import PTUMForPretraining
-from ptum_hf.pretraining import resolve_checkpoint
 
 from conftest import TINY_RUN, ddp_pretrain_command, subprocess_env
 

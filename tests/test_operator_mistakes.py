@@ -213,7 +213,7 @@ def test_second_pretrain_on_a_folder_stops_at_once_and_a_killed_runs_lock_is_tak
 
     # The kernel dropped the dead run's lock: the next run takes it over (its file still names the dead run).
     assert read_holder(lock_path(out))["pid"] == first.pid
-    from ptum_hf.pretraining import resolve_checkpoint
+    from ptum_hf.checkpointing import resolve_checkpoint
 
     latest = int(resolve_checkpoint(out, "latest").name[len("step_") :])
     resumed = cli(
@@ -551,8 +551,8 @@ def test_run_start_removes_what_killed_runs_left(tmp_path):
     (e.g. a fine-tune killed in its final save: `.model.tmp-*`) go too."""
     from transformers import TrainingArguments
 
+    from ptum_hf.checkpointing import remove_run_leftovers
     from ptum_hf.finetuning import output_dir_lock
-    from ptum_hf.pretraining import remove_run_leftovers
 
     dead, key = dead_pid(), host_key()
     out = tmp_path / "pretrain"
@@ -684,7 +684,7 @@ def test_resume_from_an_intact_checkpoint_restores_the_random_states(finished_ru
 
 
 def test_random_states_that_load_state_did_not_restore_are_an_error(finished_run):
-    from ptum_hf.pretraining import check_rng_restored, load_rng_states
+    from ptum_hf.checkpointing import check_rng_restored, load_rng_states
 
     path = finished_run / "checkpoints" / "step_2" / "random_states_0.pkl"
     states = load_rng_states(path)

@@ -16,10 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ptum_hf.checkpointing import list_checkpoints, resolve_checkpoint, save_checkpoint
 from ptum_hf.configuration_ptum import PTUMConfig
 from ptum_hf.hub import save_for_hub
 from ptum_hf.modeling_ptum import PTUMForPretraining
-from ptum_hf.pretraining import PretrainingArguments, list_checkpoints, pretrain, resolve_checkpoint, save_checkpoint
+from ptum_hf.pretraining import PretrainingArguments, pretrain
 
 from conftest import TINY, TINY_RUN, logged, subprocess_env
 
