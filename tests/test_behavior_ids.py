@@ -121,6 +121,22 @@ def test_streamed_texts_get_the_same_buckets_as_cached_ids(setup):
     assert np.array_equal(batch["behavior_bucket_ids"][rows[rows >= 0]].numpy(), expected)
 
 
+def train_on(model, batch, steps=3):
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+
+
+def assert_only_moved(biases, seen):
+    """The biases of the buckets `seen` in training moved from 0; every other stayed at 0."""
+    assert (biases[seen] != 0).all()
+    unseen = torch.ones(len(biases), dtype=torch.bool)
+    unseen[seen] = False
+    assert torch.equal(biases[unseen], torch.zeros(int(unseen.sum())))
+
+
 def test_ad_id_bias_learns_seen_ads_and_leaves_new_ads_to_their_text(setup):
     data, tokenizer, config, cache = setup
     with pytest.raises(ValueError, match="ad_id_bias needs behavior_id_buckets"):
@@ -131,16 +147,8 @@ def test_ad_id_bias_learns_seen_ads_and_leaves_new_ads_to_their_text(setup):
     assert torch.equal(model.ad_id_bias, torch.zeros(BUCKETS))  # a fresh model: no ad has a bias yet
     collator = build_collator(FinetuneArguments(task="ctr"), data, tokenizer, biased, cache)
     batch = collator([data.ctr["train"][i] for i in range(16)])
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(**batch).loss.backward()
-        optimizer.step()
-    seen = batch["behavior_bucket_ids"][batch["ad_title_indices"]].unique()
-    assert (model.ad_id_bias[seen] != 0).all()
-    unseen = torch.ones(BUCKETS, dtype=torch.bool)
-    unseen[seen] = False
-    assert torch.equal(model.ad_id_bias[unseen], torch.zeros(int(unseen.sum())))
+    train_on(model, batch)
+    assert_only_moved(model.ad_id_bias, batch["behavior_bucket_ids"][batch["ad_title_indices"]].unique())
     # The logit of an ad is the text model's plus its own bias: with the bias zeroed it is the text model's.
     model.eval()
     with torch.no_grad():
@@ -167,16 +175,8 @@ def test_user_id_bias_learns_seen_users_and_scores_new_users_from_their_history(
     user_ids = [data.users[r["user_index"]]["user_id"] for r in rows]
     expected = (text_hashes(user_ids) % np.uint64(BUCKETS)).astype(np.int64)
     assert np.array_equal(batch["user_bucket_ids"].numpy(), expected)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(**batch).loss.backward()
-        optimizer.step()
-    seen = batch["user_bucket_ids"].unique()
-    assert (model.user_id_bias[seen] != 0).all()
-    unseen = torch.ones(BUCKETS, dtype=torch.bool)
-    unseen[seen] = False
-    assert torch.equal(model.user_id_bias[unseen], torch.zeros(int(unseen.sum())))
+    train_on(model, batch)
+    assert_only_moved(model.user_id_bias, batch["user_bucket_ids"].unique())
     model.eval()
     with torch.no_grad():
         logits = model(**batch).logits
