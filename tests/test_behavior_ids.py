@@ -160,7 +160,7 @@ def test_ad_id_bias_learns_seen_ads_and_leaves_new_ads_to_their_text(setup):
             model(**{k: v for k, v in batch.items() if k != "behavior_bucket_ids"})
 
 
-def test_user_id_bias_learns_seen_users_and_scores_new_users_from_their_history(setup):
+def test_user_id_bias_learns_seen_users_and_scores_new_users_from_their_history(setup, tmp_path):
     data, tokenizer, config, cache = setup
     with pytest.raises(ValueError, match="user_id_buckets must be an integer"):
         PTUMConfig(**{**config.to_dict(), "user_id_buckets": -1})
@@ -177,6 +177,8 @@ def test_user_id_bias_learns_seen_users_and_scores_new_users_from_their_history(
     assert np.array_equal(batch["user_bucket_ids"].numpy(), expected)
     train_on(model, batch)
     assert_only_moved(model.user_id_bias, batch["user_bucket_ids"].unique())
+    model.save_pretrained(tmp_path)  # what is saved loads back, biases included
+    assert torch.equal(PTUMForCTR.from_pretrained(tmp_path).user_id_bias, model.user_id_bias)
     model.eval()
     with torch.no_grad():
         logits = model(**batch).logits
