@@ -191,3 +191,6 @@ def test_user_id_bias_learns_seen_users_and_scores_new_users_from_their_history(
     # Without user ids the collator cannot give the buckets, and says so.
     with pytest.raises(ValueError, match="user_id_buckets needs user_ids="):
         CTRCollator(token_cache=cache, sequences=data.sequences(), user_id_buckets=BUCKETS)
+    numbers = list(range(len(data.users)))  # ids of another type than the dataset's text would hash apart
+    with pytest.raises(ValueError, match="user_ids must be strings"):
+        CTRCollator(token_cache=cache, sequences=data.sequences(), user_ids=numbers, user_id_buckets=BUCKETS)

@@ -268,9 +268,10 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     with pytest.raises(SystemExit, match="linear_repeats must be >= 1"):
         build_settings(parse_args(["--linear_repeats", "0"]))
     settings = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--ctr_ad_id_bias"]))
-    assert settings.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias)"
-    with pytest.raises(SystemExit, match="ctr_user_id_buckets must be >= 0"):
-        build_settings(parse_args(["--ctr_user_id_buckets", "-1"]))
+    assert settings.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias 4096)"
+    for bad in ("-1", "10000001"):
+        with pytest.raises(SystemExit, match=r"ctr_user_id_buckets must be in \[0, 10000000\]"):
+            build_settings(parse_args(["--ctr_user_id_buckets", bad]))
 
 
 def test_svd_baseline_learns_from_every_user_without_labels(tmp_path, monkeypatch):

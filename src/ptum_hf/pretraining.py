@@ -16,6 +16,7 @@ the first (`ptum_hf.locking`).
 """
 
 import json
+import logging
 import math
 import os
 import time
@@ -55,6 +56,8 @@ from .data.streaming import collect_users
 from .locking import output_lock
 from .modeling_ptum import PTUMForPretraining
 from .tracking import ACCELERATE_TRACKERS, build_tracker, tracker_names
+
+logger = logging.getLogger(__name__)
 
 # --streaming: users read first, to train the tokenizer and hold out the evaluation users; and the users mixed in
 # the shuffle buffer (rows, each a whole user).
@@ -285,21 +288,34 @@ def pretrain(args: PretrainingArguments, card_data=None) -> Path:
         if accelerator.is_main_process:
             remove_run_leftovers(args.output_dir)
         accelerator.wait_for_everyone()  # the others list the checkpoints once those are settled
+        # A Reducer holding the process group's last reference destroys it with the GIL held, which deadlocks
+        # against gloo's worker threads at exit (pytorch/pytorch#56297): the DDP wrapper goes first, on every exit.
         try:
-            return _pretrain(args, card_data, accelerator, tracker)
-        except BaseException as error:  # its traceback's frames (and its causes') hold the DDP wrapper: clear them
-            seen = set()
-            while error is not None and id(error) not in seen:
-                seen.add(id(error))
-                traceback.clear_frames(error.__traceback__)
-                error = error.__cause__ or error.__context__
+            final_dir = _pretrain(args, card_data, accelerator, tracker)
+        except BaseException as error:
+            if accelerator.num_processes > 1:  # the traceback's frames hold the wrapper; one process keeps them
+                _clear_frames(error)
+            try:  # the run's own error is what the user sees, not a failure to clean up after it
+                accelerator.free_memory()
+                accelerator.state.destroy_process_group()  # not end_training(): trackers would record a success
+            except Exception as cleanup_error:
+                logger.warning("cleaning up after the failed run failed too: %r", cleanup_error)
             raise
-        finally:
-            # Drop the DDP wrapper while the process group is still registered, after an error too (trackers are
-            # closed, and the run exits with its error): a Reducer holding the group's last reference destroys it
-            # with the GIL held, which deadlocks against gloo's worker threads at exit (pytorch/pytorch#56297).
-            accelerator.free_memory()
-            accelerator.end_training()
+        accelerator.free_memory()
+        accelerator.end_training()
+        return final_dir
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Clear the locals of every finished frame in the tracebacks of `error` and the exceptions it chains."""
+    seen, todo = set(), [error]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        todo += [error.__cause__, error.__context__]
 
 
 def behavior_stream(args: PretrainingArguments):

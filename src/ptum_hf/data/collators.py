@@ -442,7 +442,7 @@ class CTRCollator(BehaviorCollatorBase):
     """
 
     sequences: UserSequences | None = None
-    user_ids: Sequence[str] | None = None
+    user_ids: Sequence[str] | None = field(default=None, repr=False)
     user_id_buckets: int = 0
     _user_buckets: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -459,6 +459,9 @@ class CTRCollator(BehaviorCollatorBase):
                     f"user_id_buckets needs user_ids= (one id per user of sequences, {len(self.sequences)}); got "
                     f"{None if self.user_ids is None else len(self.user_ids)}"
                 )
+            bad = next((u for u in self.user_ids if not isinstance(u, str)), None)
+            if bad is not None:  # the datasets' ids are text: 1 and "1" must not be two users
+                raise ValueError(f"user_ids must be strings (the dataset's user_id column); got {bad!r}")
             hashes = text_hashes(list(self.user_ids)) % np.uint64(self.user_id_buckets)
             self._user_buckets = hashes.astype(np.int64)
 
@@ -467,7 +470,7 @@ class CTRCollator(BehaviorCollatorBase):
         """The users' sequences, which impressions point into (and their ids, for `user_id_buckets`)."""
         defaults = {} if "sequences" in kwargs else {"sequences": dataset.sequences()}
         if kwargs.get("user_id_buckets") and "user_ids" not in kwargs:
-            defaults["user_ids"] = dataset.users["user_id"]
+            defaults["user_ids"] = list(dataset.users["user_id"])  # a plain list: it goes to every worker
         return defaults
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:

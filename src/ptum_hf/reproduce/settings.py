@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, replace
 
-from ..configuration_ptum import RECIPES, SIZE_PRESETS
+from ..configuration_ptum import MAX_ID_BUCKETS, RECIPES, SIZE_PRESETS
 
 # What a recipe changes in a preset, in the tables' model names (the items recipe replaces every preset's user encoder).
 RECIPE_MARKS = {"items": "bag prediction, ids, attention pooling"}
@@ -141,7 +141,7 @@ class Settings:
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.ctr_ad_id_bias and preset in CTR_PRESETS, "(ad id bias)"),
-            (bool(self.ctr_user_id_buckets) and preset in CTR_PRESETS, "(user id bias)"),
+            (bool(self.ctr_user_id_buckets) and preset in CTR_PRESETS, f"(user id bias {self.ctr_user_id_buckets})"),
             (bool(self.learning_rate), f"[lr {self.learning_rate:g}]" if self.learning_rate else ""),
             (user_lr is None, "[one lr]"),
             (user_lr not in (None, DEFAULT_USER_LR), f"[user lr {user_lr:g}]" if user_lr else ""),
@@ -406,8 +406,10 @@ def build_settings(args) -> Settings:
         raise SystemExit("repeats, ctr_repeats, sweep_repeats and linear_repeats must be >= 1")
     if not settings.scale_labeled or min(settings.scale_labeled) < 1:
         raise SystemExit(f"scale_labeled must be positive counts; got {settings.scale_labeled}")
-    if settings.ctr_user_id_buckets < 0:
-        raise SystemExit(f"ctr_user_id_buckets must be >= 0 (0: none); got {settings.ctr_user_id_buckets}")
+    if not 0 <= settings.ctr_user_id_buckets <= MAX_ID_BUCKETS:
+        raise SystemExit(
+            f"ctr_user_id_buckets must be in [0, {MAX_ID_BUCKETS}] (0: none); got {settings.ctr_user_id_buckets}"
+        )
     if args.jobs is None:
         args.jobs = 1 if args.quick else min(2, os.cpu_count() or 1)
     if args.jobs < 1:
