@@ -1328,14 +1328,12 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int):
         )
 
 
-def _check_indices(indices: torch.Tensor, num_rows: int, name: str, lowest: int = MASK_INDEX):
+def _check_indices(indices: torch.Tensor, num_behaviors: int, name: str):
     if _is_exporting():  # a value check, as in `_check_token_ids`
         return
-    if indices.numel() and (int(indices.max()) >= num_rows or int(indices.min()) < lowest):
-        what = "rows of the behavior table" if lowest == MASK_INDEX else "buckets"
-        allowed = "-1 (padding) / -2 (mask)" if lowest == MASK_INDEX else "-1 (none)"
+    if indices.numel() and (int(indices.max()) >= num_behaviors or int(indices.min()) < MASK_INDEX):
         raise ValueError(
-            f"{name} must hold {what} in [0, {num_rows}) or {allowed}; "
+            f"{name} must hold rows of the behavior table in [0, {num_behaviors}) or -1 (padding) / -2 (mask); "
             f"got values in [{int(indices.min())}, {int(indices.max())}]"
         )
 
@@ -1608,7 +1606,11 @@ class PTUMForCTR(PTUMPreTrainedModel):
             )
         if user_bucket_ids.shape != (batch_size,):
             raise ValueError(f"user_bucket_ids must have shape ({batch_size},), got {tuple(user_bucket_ids.shape)}")
-        _check_indices(user_bucket_ids, self.config.user_id_buckets, "user_bucket_ids", lowest=-1)
+        buckets = self.config.user_id_buckets
+        if user_bucket_ids.numel() and not _is_exporting():  # a value check, as in `_check_token_ids`
+            low, high = int(user_bucket_ids.min()), int(user_bucket_ids.max())
+            if low < -1 or high >= buckets:
+                raise ValueError(f"user_bucket_ids must hold buckets in [0, {buckets}) or -1; got [{low}, {high}]")
         return self.user_id_bias[user_bucket_ids.clamp(min=0)] * (user_bucket_ids >= 0)
 
     def forward(
