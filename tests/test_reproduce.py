@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from ptum_hf.reproduce import baselines, main
+from ptum_hf.reproduce import baselines, experiments, jobs, main
 from ptum_hf.reproduce.baselines import cosine_scores, ctr_baselines
-from ptum_hf.reproduce.jobs import Context
+from ptum_hf.reproduce.jobs import Context, Job, run_jobs
 from ptum_hf.reproduce.report import group, with_baselines
-from ptum_hf.reproduce.settings import EXPERIMENTS, build_settings, parse_args
+from ptum_hf.reproduce.settings import (
+    EXPERIMENTS,
+    MEASURED_DEFAULTS,
+    MOVIELENS,
+    SYNTHETIC,
+    build_settings,
+    parse_args,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -272,6 +279,73 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     for bad in ("-1", "10000001"):
         with pytest.raises(SystemExit, match=r"ctr_user_id_buckets must be in \[0, 10000000\]"):
             build_settings(parse_args(["--ctr_user_id_buckets", bad]))
+
+
+def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_wins():
+    settings = build_settings(parse_args([]))
+    demographics = settings.for_cell("demographics", MOVIELENS)
+    wanted = MEASURED_DEFAULTS[("demographics", MOVIELENS)]
+    assert {name: getattr(demographics, name) for name in wanted} == wanted
+    assert demographics.model_overrides["use_bag"] and demographics.history_length == wanted["max_behaviors"]
+    assert demographics.model_label("hsa") == (
+        "hsa [items recipe: bag prediction, ids, attention pooling] [800 behaviors] [PT 300 epochs, batch 128]"
+    )
+    ctr = settings.for_cell("ctr", MOVIELENS)
+    assert ctr.model_overrides["behavior_id_buckets"] == 65536 and not ctr.model_overrides.get("use_bag")
+    assert ctr.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias 65536) (behavior_id_buckets=65536)"
+    for paper in (
+        settings.for_cell("demographics", SYNTHETIC),
+        settings.for_cell("ctr", SYNTHETIC),
+        settings.for_cell("demographics", MOVIELENS, measured=False),  # the ablation and the sweeps
+        build_settings(parse_args(["--no-measured_defaults"])).for_cell("ctr", MOVIELENS),
+    ):
+        assert (paper.recipe, paper.pretrain_epochs, paper.pretrain_batch_size) == ("paper", 10, 32)
+        assert (paper.ctr_ad_id_bias, paper.ctr_user_id_buckets, paper.config_overrides) == (False, 0, {})
+        assert paper.model_label("hsa") == "hsa" and paper.model_label("gru4rec") == "gru4rec"
+    # The command line wins field by field; its config overrides win over the measured ones.
+    given = ["--pretrain_epochs", "50", "--no-ctr_ad_id_bias", "--config_overrides", '{"behavior_id_buckets": 1024}']
+    settings = build_settings(parse_args(given))
+    demographics, ctr = settings.for_cell("demographics", MOVIELENS), settings.for_cell("ctr", MOVIELENS)
+    assert (demographics.recipe, demographics.pretrain_epochs, demographics.pretrain_batch_size) == ("items", 50, 128)
+    assert ctr.model_overrides["behavior_id_buckets"] == 1024 and not ctr.ctr_ad_id_bias
+    assert ctr.pretrain_epochs == 50 and ctr.ctr_user_id_buckets == 65536
+    # A recipe given replaces a measured recipe with the length and history chosen for it.
+    recipe = build_settings(parse_args(["--recipe", "paper"])).for_cell("demographics", MOVIELENS)
+    assert recipe.model_label("hsa") == "hsa" and recipe.history_length == 50
+
+
+def _cell_settings(ctx, name):
+    return getattr(ctx.settings, name)
+
+
+def test_planned_jobs_run_under_their_cells_settings(tmp_path):
+    ctx = Context(build_settings(parse_args(["--presets", "hsa,gru4rec"])), tmp_path, tmp_path / "work", quick=False)
+    experiments.run_table2(ctx)
+    experiments.run_probe(ctx)
+    experiments.run_table3(ctx)
+    by_kind = {}
+    for job in ctx.jobs:  # planning reads no data: nothing here needs MovieLens on disk
+        by_kind.setdefault((job.experiment, job.function.__name__), []).append(job)
+    (table2_pretraining,) = by_kind[("table2", "pretrain_run")]  # the probe shares table2's pre-training
+    assert ("probe", "pretrain_run") not in by_kind and by_kind[("probe", "probe_run")][0].after is table2_pretraining
+    _, identity = table2_pretraining.args
+    assert identity["overrides"]["use_bag"] and (identity["epochs"], identity["batch"]) == (300, 128)
+    assert all(job.settings.recipe == "items" for job in by_kind[("table2", "finetune_run")])
+    ctr_jobs = [job for job in ctx.jobs if job.experiment == "table3"]
+    movielens = [job for job in ctr_jobs if MOVIELENS in str(job.args)]
+    assert movielens and all(job.settings.ctr_user_id_buckets == 65536 for job in movielens)
+    assert all(job.settings.ctr_user_id_buckets == 0 for job in ctr_jobs if job not in movielens)
+    # What a job runs under: its settings in this process and in a worker process alike.
+    results = []
+    ctx.jobs = [
+        Job("x", _cell_settings, ("recipe",), lambda r, _: results.append(r), settings=job.settings)
+        for job in (table2_pretraining, movielens[0])
+    ]
+    run_jobs(ctx)
+    assert results == ["items", "paper"]
+    jobs._worker_start(ctx.settings, str(tmp_path), str(tmp_path / "work"), False, 1)
+    assert jobs._worker_call(_cell_settings, ("pretrain_epochs",), table2_pretraining.settings)[0] == 300
+    assert jobs._worker_call(_cell_settings, ("pretrain_epochs",), None)[0] is None  # the run's own, unresolved
 
 
 def test_svd_baseline_learns_from_every_user_without_labels(tmp_path, monkeypatch):

@@ -25,12 +25,15 @@ def run_grid(
     max_steps=None,
     label_fraction_of=None,
     repeats=None,
+    measured=True,
 ):
     """Plan the pre-training (once; the from-scratch runs use its tokenizer and config too) and every (variant,
-    ratio, repeat) fine-tune not yet recorded."""
-    s = ctx.settings
-    repeats = s.repeats if repeats is None else min(s.repeats, repeats)
+    ratio, repeat) fine-tune not yet recorded, under the settings of (task, dataset) (`Settings.for_cell`; `measured`
+    False: the paper's where unset)."""
     dataset = ctx.data_name(dataset)
+    s = ctx.settings.for_cell(task, dataset, measured)
+    ctx = ctx.with_settings(s)
+    repeats = s.repeats if repeats is None else min(s.repeats, repeats)
     label = s.model_label(preset)
     done = ctx.records.done(experiment)
     todo = [
@@ -78,14 +81,16 @@ def run_grid(
                 (task, dataset, model_dir, variant, ratio, repeat, fraction),
                 record,
                 after=pretraining,
+                settings=s,
             )
         )
 
 
 def plan_baselines(ctx: Context, experiment: str, function, args: tuple):
     """A job computing `function(ctx, task, dataset, ratio, repeat, ...)`: {variant: metrics}, recorded with preset
-    and setting "-"."""
+    and setting "-", under the settings of (task, dataset) (the history the user models see)."""
     task, dataset, ratio, repeat = args[:4]
+    settings = ctx.settings.for_cell(task, dataset)
 
     def record(results, seconds):
         for variant, metrics in results.items():
@@ -109,14 +114,14 @@ def plan_baselines(ctx: Context, experiment: str, function, args: tuple):
             + ", ".join(f"{v} {m.get('accuracy', m.get('auc')):.4f}" for v, m in results.items())
         )
 
-    ctx.plan(Job(experiment, function, args, record))
+    ctx.plan(Job(experiment, function, args, record, settings=settings))
 
 
 def run_baselines(ctx: Context):
-    s = ctx.settings
     done = ctx.records.done("baselines")
-    jobs = [("demographics", ctx.data_name(MOVIELENS))] + [("ctr", ctx.data_name(d)) for d in s.ctr_datasets]
+    jobs = [("demographics", ctx.data_name(MOVIELENS))] + [("ctr", ctx.data_name(d)) for d in ctx.settings.ctr_datasets]
     for task, dataset in jobs:
+        s = ctx.settings.for_cell(task, dataset)
         for ratio in s.ratios:
             for repeat in range(s.linear_splits if task == "demographics" else s.repeats):
                 wanted = (
@@ -165,18 +170,10 @@ def run_ablation(ctx: Context):
     jobs = [("demographics", MOVIELENS, "hsa"), ("ctr", ctr_dataset, "bert4rec" if not ctx.quick else s.ctr_presets[0])]
     for task, dataset, preset in [job for job in jobs if job[0] in s.ablation_tasks]:
         grid = sweep_grid(ctx) if task == "demographics" else dict(dataset=dataset, ratios=ratio, repeats=s.ctr_repeats)
-        run_grid(ctx, "ablation", task, preset=preset, setting_name="none", setting={}, variants=("scratch",), **grid)
+        common = dict(preset=preset, measured=False, **grid)
+        run_grid(ctx, "ablation", task, setting_name="none", setting={}, variants=("scratch",), **common)
         for name, setting in ABLATION.items():
-            run_grid(
-                ctx,
-                "ablation",
-                task,
-                preset=preset,
-                setting_name=name,
-                setting=setting,
-                variants=("ptum_finetune",),
-                **grid,
-            )
+            run_grid(ctx, "ablation", task, setting_name=name, setting=setting, variants=("ptum_finetune",), **common)
 
 
 def sweep_grid(ctx: Context) -> dict:
@@ -232,6 +229,7 @@ def run_sweep(ctx: Context, experiment: str, values, name, setting_of):
             setting=setting_of(value),
             variants=("ptum_finetune",),
             repeats=ctx.settings.sweep_repeats,
+            measured=False,
             **sweep_grid(ctx),
         )
 
@@ -270,8 +268,9 @@ def scale_baseline_run(ctx: Context, task: str, dataset: str, labeled: int, repe
 def run_probe(ctx: Context):
     """Is the pre-trained user vector informative? LR on frozen vectors of the HSA model pre-trained for table2 vs the
     same architecture with random weights, on the same splits as the baselines."""
-    s = ctx.settings
     dataset = ctx.data_name(MOVIELENS)
+    s = ctx.settings.for_cell("demographics", dataset)  # the vectors of table2's HSA pre-training
+    ctx = ctx.with_settings(s)
     label = s.model_label("hsa")
     done = ctx.records.done("probe")
     todo = [
@@ -306,7 +305,7 @@ def run_probe(ctx: Context):
             )
             log(f"probe {label} {variant} ratio={ratio} repeat={repeat}: accuracy={metrics['accuracy']:.4f}")
 
-    ctx.plan(Job("probe", probe_run, (dataset, model_dir, todo), record, after=pretraining))
+    ctx.plan(Job("probe", probe_run, (dataset, model_dir, todo), record, after=pretraining, settings=s))
 
 
 def probe_run(ctx: Context, dataset: str, model_dir: Path, todo: list) -> list:

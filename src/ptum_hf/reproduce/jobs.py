@@ -4,6 +4,7 @@ processes, logging."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -67,7 +68,8 @@ def record_key(record: dict) -> tuple:
 @dataclass(eq=False)
 class Job:
     """One unit of work: `function(ctx, *args)` (in a worker process with `--jobs`; module-level, so it pickles),
-    then `done(result, seconds)` in the main process. It starts only once `after` has finished."""
+    then `done(result, seconds)` in the main process. It starts only once `after` has finished. `settings`: the
+    settings of its task and dataset (`Settings.for_cell`) that `ctx` carries while it runs."""
 
     experiment: str
     function: Callable
@@ -75,6 +77,7 @@ class Job:
     done: Callable
     after: Job | None = None
     finished: bool = False
+    settings: Settings | None = None
 
 
 class Context:
@@ -94,6 +97,14 @@ class Context:
     def plan(self, job: Job) -> Job:
         self.jobs.append(job)
         return job
+
+    def with_settings(self, settings: Settings | None) -> Context:
+        """This context (the same records, data and plan) with `settings` in place of its own (None: its own)."""
+        if settings is None:
+            return self
+        other = copy.copy(self)
+        other.settings = settings
+        return other
 
     def data(self, name: str, num_users: int | None = None):
         """A dataset by name, loaded once."""
@@ -149,7 +160,7 @@ def run_jobs(ctx: Context, on_experiment_done=None):
 
     if ctx.pool is None:
         for job in jobs:
-            finish(job, *_timed(job.function, ctx, *job.args))
+            finish(job, *_timed(job.function, ctx.with_settings(job.settings), *job.args))
         return
     from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -160,7 +171,7 @@ def run_jobs(ctx: Context, on_experiment_done=None):
             if job is None:
                 break
             jobs.remove(job)
-            running[ctx.pool.submit(_worker_call, job.function, job.args)] = job
+            running[ctx.pool.submit(_worker_call, job.function, job.args, job.settings)] = job
         if not running:
             raise RuntimeError(f"{len(jobs)} planned jobs wait on jobs that were never planned")
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -203,8 +214,8 @@ def _worker_start(settings: Settings, output_dir: str, work_dir: str, quick: boo
     _WORKER["ctx"] = Context(settings, Path(output_dir), Path(work_dir), quick)
 
 
-def _worker_call(function, args) -> tuple:
-    return _timed(function, _WORKER["ctx"], *args)
+def _worker_call(function, args, settings) -> tuple:
+    return _timed(function, _WORKER["ctx"].with_settings(settings), *args)
 
 
 def _timed(function, *args) -> tuple:

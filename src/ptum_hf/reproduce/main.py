@@ -20,7 +20,7 @@ from .experiments import RUNNERS
 from .jobs import Context, log, run_jobs, worker_pool
 from .plots import plot_writer
 from .report import write_tables
-from .settings import EXPERIMENTS, build_settings, parse_args
+from .settings import EXPERIMENTS, MEASURED_DEFAULTS, build_settings, parse_args
 from .training import pretraining_summary
 
 
@@ -104,6 +104,9 @@ def _run(args, argv, settings, experiments, output_dir: Path, work_dir: Path) ->
         "threads": torch.get_num_threads(),
         "settings": asdict(settings),
         "model_overrides": settings.model_overrides,
+        "measured_defaults": {"/".join(cell): v for cell, v in MEASURED_DEFAULTS.items()}
+        if settings.measured_defaults
+        else {},
         "experiments": experiments,
         "quick": args.quick,
         "jobs": args.jobs,

@@ -18,6 +18,21 @@ SYNTHETIC = "synthetic"
 
 DEFAULT_USER_LR = 1e-3
 
+# The default run's settings for a (task, dataset) where they measured better than the paper's: on MovieLens, the
+# `items` recipe for demographics (results/studies/bag_prediction.md) and ids with an ad and a user bias for CTR
+# (results/studies/ctr_ids.md). A value given on the command line wins; `--no-measured_defaults` runs the paper's
+# everywhere. The ablation, lambda and K study the paper's objective: they always run the paper's.
+MEASURED_DEFAULTS = {
+    ("demographics", MOVIELENS): dict(recipe="items", pretrain_epochs=300, pretrain_batch_size=128, max_behaviors=800),
+    ("ctr", MOVIELENS): dict(
+        config_overrides={"behavior_id_buckets": 65536}, ctr_ad_id_bias=True, ctr_user_id_buckets=65536
+    ),
+}
+# What a field left unset (None) means where no measured default applies.
+PAPER_DEFAULTS = dict(
+    recipe="paper", pretrain_epochs=10, pretrain_batch_size=32, ctr_ad_id_bias=False, ctr_user_id_buckets=0
+)
+
 # name: (FinetuneArguments overrides, learning rate). A new head needs large steps, the pre-trained user model small
 # ones: PTUM finetune's rate is the head's, and the user model gets its own (`variant_recipe`).
 VARIANTS = {
@@ -63,7 +78,7 @@ class Settings:
 
     data_dir: str | None = None
     size: str = "small"
-    recipe: str = "paper"  # configuration_ptum.RECIPES
+    recipe: str | None = None  # configuration_ptum.RECIPES; None: the cell's (`for_cell`)
     repeats: int = 5
     # The MovieLens demographic baselines and the probe fit LR in seconds a split, and a 5-split mean of a paired
     # difference moves by +-0.03 (results/studies/bag_prediction.md, section 10): they run over at least this many.
@@ -73,9 +88,9 @@ class Settings:
     ctr_presets: tuple = CTR_PRESETS
     ctr_datasets: tuple = (MOVIELENS, SYNTHETIC)
     synthetic_users: int = 3000
-    pretrain_epochs: int = 10
+    pretrain_epochs: int | None = None
     pretrain_max_steps: int = -1
-    pretrain_batch_size: int = 32
+    pretrain_batch_size: int | None = None
     pretrain_learning_rate: float = 1e-3
     finetune_epochs: int = 40  # MovieLens: fewer epochs under-train the fine-tunes
     finetune_batch_size: int = 64
@@ -99,8 +114,9 @@ class Settings:
     config_overrides: dict = field(default_factory=dict)  # PTUMConfig fields over the size's (e.g. the objective)
     classifier_layer_norm: bool = True
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
-    ctr_ad_id_bias: bool = False  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
-    ctr_user_id_buckets: int = 0  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
+    ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
+    ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
+    measured_defaults: bool = True  # MEASURED_DEFAULTS for the fields left unset
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
     user_model_learning_rate: float | None = DEFAULT_USER_LR  # PTUM finetune only; None: the head's rate for all
     learning_rate: float | None = None  # PTUM finetune: the Trainer's (head's) learning rate; None: VARIANTS'
@@ -110,12 +126,27 @@ class Settings:
 
     def __post_init__(self):
         for name, allowed in (("size", SIZE_PRESETS), ("recipe", RECIPES)):
-            if getattr(self, name) not in allowed:
+            if getattr(self, name) not in allowed and (name, getattr(self, name)) != ("recipe", None):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+
+    def value(self, name: str):
+        """A field's value, the paper's (PAPER_DEFAULTS) where it is unset."""
+        value = getattr(self, name)
+        return PAPER_DEFAULTS[name] if value is None else value
+
+    def for_cell(self, task: str, dataset: str, measured: bool = True) -> Settings:
+        """These settings as the runs of one task on one dataset use them: each unset field from MEASURED_DEFAULTS
+        (unless `measured` or `measured_defaults` is off, or a recipe is given where the measured default is a
+        recipe), else from PAPER_DEFAULTS; the config overrides given win over the measured ones."""
+        chosen = MEASURED_DEFAULTS.get((task, dataset), {}) if measured and self.measured_defaults else {}
+        if self.recipe is not None and "recipe" in chosen:  # its length and history were chosen for its recipe
+            chosen = {}
+        unset = {name: value for name, value in {**PAPER_DEFAULTS, **chosen}.items() if getattr(self, name) is None}
+        return replace(self, **unset, config_overrides={**chosen.get("config_overrides", {}), **self.config_overrides})
 
     @property
     def model_overrides(self) -> dict:
-        overrides = {**SIZE_PRESETS[self.size], **RECIPES[self.recipe]}
+        overrides = {**SIZE_PRESETS[self.size], **RECIPES[self.value("recipe")]}
         if self.behavior_tokens == "item":  # one token per behavior: an item-id embedding model
             overrides["max_tokens_per_behavior"] = 1
         if self.max_behaviors is not None:
@@ -133,15 +164,23 @@ class Settings:
     def model_label(self, preset: str) -> str:
         """The name a user model gets in the tables: the preset, then each departure from the default recipe."""
         user_lr = self.user_model_learning_rate
+        recipe, epochs, batch = (self.value(name) for name in ("recipe", "pretrain_epochs", "pretrain_batch_size"))
+        user_buckets = self.value("ctr_user_id_buckets")
+        paper_length = (PAPER_DEFAULTS["pretrain_epochs"], PAPER_DEFAULTS["pretrain_batch_size"])
         marks = [
             (self.size != "small", f"[{self.size}]"),
-            (self.recipe != "paper", f"[{self.recipe} recipe: {RECIPE_MARKS.get(self.recipe, '')}]"),
+            (recipe != "paper", f"[{recipe} recipe: {RECIPE_MARKS.get(recipe, '')}]"),
             (self.behavior_tokens == "item", "(item ids)"),
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
-            (self.ctr_ad_id_bias and preset in CTR_PRESETS, "(ad id bias)"),
-            (bool(self.ctr_user_id_buckets) and preset in CTR_PRESETS, f"(user id bias {self.ctr_user_id_buckets})"),
+            (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
+            (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
+            ((epochs, batch) != paper_length, f"[PT {epochs} epochs, batch {batch}]"),
+            (
+                self.pretrain_learning_rate != Settings.pretrain_learning_rate,
+                f"[PT lr {self.pretrain_learning_rate:g}]",
+            ),
             (bool(self.learning_rate), f"[lr {self.learning_rate:g}]" if self.learning_rate else ""),
             (user_lr is None, "[one lr]"),
             (user_lr not in (None, DEFAULT_USER_LR), f"[user lr {user_lr:g}]" if user_lr else ""),
@@ -218,8 +257,17 @@ def parse_args(argv=None):
         "--recipe",
         choices=tuple(RECIPES),
         default=None,
-        help="Pre-training recipe (configuration_ptum.RECIPES): paper (default) or items (ids, bag prediction, "
-        "the whole history; what measured best on MovieLens, with --pretrain_epochs 300).",
+        help="Pre-training recipe (configuration_ptum.RECIPES) for every run: paper or items (ids, bag prediction, "
+        "attention pooling). Default: each task and dataset's measured default (MEASURED_DEFAULTS: items for "
+        "MovieLens demographics), else paper.",
+    )
+    parser.add_argument(
+        "--measured_defaults",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Where a setting measured better than the paper's on a task and dataset (MEASURED_DEFAULTS: MovieLens "
+        "demographics and CTR), use it for what the command line leaves unset (default); --no-measured_defaults: "
+        "the paper's everywhere.",
     )
     parser.add_argument(
         "--behavior_tokens",
@@ -261,14 +309,15 @@ def parse_args(argv=None):
         "--ctr_ad_id_bias",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="CTR models add a learned bias per ad identity (PTUMConfig.ad_id_bias; needs behavior_id_buckets).",
+        help="CTR models add a learned bias per ad identity (PTUMConfig.ad_id_bias; needs behavior_id_buckets; "
+        "default: on for MovieLens, MEASURED_DEFAULTS).",
     )
     parser.add_argument(
         "--ctr_user_id_buckets",
         type=int,
         default=None,
         help="CTR models add a learned bias per user identity, in this many hashed buckets (PTUMConfig."
-        "user_id_buckets; 0: none, the default).",
+        "user_id_buckets; 0: none; default: 65536 for MovieLens, MEASURED_DEFAULTS, else 0).",
     )
     parser.add_argument(
         "--learning_rate",
@@ -291,8 +340,17 @@ def parse_args(argv=None):
         help="PTUM finetune: the user model's own learning rate (default 1e-3; the head keeps the "
         "variant's); 0: the head's rate for the whole model.",
     )
-    parser.add_argument("--pretrain_epochs", type=int, default=None)
+    parser.add_argument(
+        "--pretrain_epochs", type=int, default=None, help="Default: 10, or MEASURED_DEFAULTS' (MovieLens demographics)."
+    )
     parser.add_argument("--pretrain_max_steps", type=int, default=None)
+    parser.add_argument(
+        "--pretrain_batch_size",
+        type=int,
+        default=None,
+        help="Users per pre-training step. Default: 32, or MEASURED_DEFAULTS' (MovieLens demographics).",
+    )
+    parser.add_argument("--pretrain_learning_rate", type=float, default=None, help="Pre-training's rate (1e-3).")
     parser.add_argument("--finetune_epochs", type=int, default=None)
     parser.add_argument(
         "--scale_finetune_epochs",
@@ -370,6 +428,8 @@ def build_settings(args) -> Settings:
         "recipe",
         "pretrain_epochs",
         "pretrain_max_steps",
+        "pretrain_batch_size",
+        "pretrain_learning_rate",
         "finetune_epochs",
         "scale_finetune_epochs",
         "ctr_max_steps",
@@ -388,6 +448,7 @@ def build_settings(args) -> Settings:
         "ctr_ad_prior",
         "ctr_ad_id_bias",
         "ctr_user_id_buckets",
+        "measured_defaults",
         "user_model_learning_rate",
         "learning_rate",
         "sweep_data",
@@ -402,11 +463,18 @@ def build_settings(args) -> Settings:
     settings = replace(settings, **changes)
     if any(not 0.0 < r <= 1.0 for r in settings.ratios):
         raise SystemExit(f"ratios must be in (0, 1]; got {settings.ratios}")
+    if settings.value("pretrain_batch_size") < 1 or settings.value("pretrain_epochs") < 1:
+        raise SystemExit(
+            "pretrain_batch_size and pretrain_epochs must be >= 1; got "
+            f"{settings.pretrain_batch_size}, {settings.pretrain_epochs}"
+        )
+    if not settings.pretrain_learning_rate > 0:
+        raise SystemExit(f"pretrain_learning_rate must be > 0; got {settings.pretrain_learning_rate}")
     if min(settings.repeats, settings.ctr_repeats, settings.sweep_repeats, settings.linear_repeats) < 1:
         raise SystemExit("repeats, ctr_repeats, sweep_repeats and linear_repeats must be >= 1")
     if not settings.scale_labeled or min(settings.scale_labeled) < 1:
         raise SystemExit(f"scale_labeled must be positive counts; got {settings.scale_labeled}")
-    if not 0 <= settings.ctr_user_id_buckets <= MAX_ID_BUCKETS:
+    if not 0 <= settings.value("ctr_user_id_buckets") <= MAX_ID_BUCKETS:
         raise SystemExit(
             f"ctr_user_id_buckets must be in [0, {MAX_ID_BUCKETS}] (0: none); got {settings.ctr_user_id_buckets}"
         )

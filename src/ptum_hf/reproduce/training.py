@@ -26,7 +26,8 @@ def pretraining_job(
     max_steps: int | None = None,
 ) -> tuple[Path, Job | None]:
     """Where the pre-training of (dataset, preset, setting, size) is saved, and the job that writes it there (None
-    when it already exists). Planned once: grids that need the same pre-training share its job."""
+    when it already exists), under `ctx.settings` (a cell's, `Settings.for_cell`). Planned once: grids that need the
+    same pre-training share its job."""
     s = ctx.settings
     overrides = {**s.model_overrides, **setting}
     users = num_users or s.synthetic_users
@@ -60,7 +61,7 @@ def pretraining_job(
             ctx.timings[f"pretrain {dataset} {preset} {tag}"] = seconds
             log(f"pre-trained {preset} on {dataset}, setting {setting} ({seconds:.0f}s)")
 
-        ctx.pretrainings[folder] = ctx.plan(Job(experiment, pretrain_run, (folder, identity), done))
+        ctx.pretrainings[folder] = ctx.plan(Job(experiment, pretrain_run, (folder, identity), done, settings=s))
     return model_dir, ctx.pretrainings[folder]
 
 
