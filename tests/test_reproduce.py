@@ -57,6 +57,7 @@ def test_quick_writes_every_table_and_plot(quick_run):
     assert not list(out.glob(".tmp-*")), "a temporary file was left behind"
     run = json.loads((out / "runs.jsonl").read_text().splitlines()[-1])
     assert run["quick"] and run["experiments"] == list(EXPERIMENTS) and run["git_commit"]
+    assert run["cells"]["demographics/synthetic"]["model_overrides"]["hidden_size"] == 16  # what each cell ran
     assert info["seconds"] > 0
 
 
@@ -309,43 +310,76 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
     assert (demographics.recipe, demographics.pretrain_epochs, demographics.pretrain_batch_size) == ("items", 50, 128)
     assert ctr.model_overrides["behavior_id_buckets"] == 1024 and not ctr.ctr_ad_id_bias
     assert ctr.pretrain_epochs == 50 and ctr.ctr_user_id_buckets == 65536
-    # A recipe given replaces a measured recipe with the length and history chosen for it.
+    # Another recipe given replaces a measured one with the length and history chosen for it; the same one keeps them.
     recipe = build_settings(parse_args(["--recipe", "paper"])).for_cell("demographics", MOVIELENS)
     assert recipe.model_label("hsa") == "hsa" and recipe.history_length == 50
+    same = build_settings(parse_args(["--recipe", "items"])).for_cell("demographics", MOVIELENS)
+    assert same.model_label("hsa") == build_settings(parse_args([])).for_cell("demographics", MOVIELENS).model_label(
+        "hsa"
+    )
+    with pytest.raises(ValueError, match="already those of"):
+        same.for_cell("ctr", MOVIELENS)
+    # The length that applies is named: steps where given, and the CTR fine-tuning steps.
+    settings = build_settings(parse_args(["--pretrain_max_steps", "5", "--ctr_max_steps", "1200"]))
+    assert settings.model_label("hsa") == "hsa [PT 5 steps, batch 32]"
+    assert settings.model_label("gru4rec") == "gru4rec [PT 5 steps, batch 32] [FT 1200 steps]"
 
 
 def _cell_settings(ctx, name):
     return getattr(ctx.settings, name)
 
 
-def test_planned_jobs_run_under_their_cells_settings(tmp_path):
-    ctx = Context(build_settings(parse_args(["--presets", "hsa,gru4rec"])), tmp_path, tmp_path / "work", quick=False)
-    experiments.run_table2(ctx)
-    experiments.run_probe(ctx)
-    experiments.run_table3(ctx)
+def test_planned_jobs_run_under_their_cells_settings(tmp_path, monkeypatch):
+    settings = build_settings(parse_args(["--presets", "hsa,gru4rec", "--sweep_data", "movielens"]))
+    ctx = Context(settings, tmp_path, tmp_path / "work", quick=False)
+    for experiment in ("baselines", "table2", "probe", "table3", "ablation", "lambda"):
+        experiments.RUNNERS[experiment](ctx)  # planning reads no data: nothing here needs MovieLens on disk
     by_kind = {}
-    for job in ctx.jobs:  # planning reads no data: nothing here needs MovieLens on disk
+    for job in ctx.jobs:
         by_kind.setdefault((job.experiment, job.function.__name__), []).append(job)
     (table2_pretraining,) = by_kind[("table2", "pretrain_run")]  # the probe shares table2's pre-training
     assert ("probe", "pretrain_run") not in by_kind and by_kind[("probe", "probe_run")][0].after is table2_pretraining
     _, identity = table2_pretraining.args
     assert identity["overrides"]["use_bag"] and (identity["epochs"], identity["batch"]) == (300, 128)
     assert all(job.settings.recipe == "items" for job in by_kind[("table2", "finetune_run")])
-    ctr_jobs = [job for job in ctx.jobs if job.experiment == "table3"]
-    movielens = [job for job in ctr_jobs if MOVIELENS in str(job.args)]
-    assert movielens and all(job.settings.ctr_user_id_buckets == 65536 for job in movielens)
-    assert all(job.settings.ctr_user_id_buckets == 0 for job in ctr_jobs if job not in movielens)
-    # What a job runs under: its settings in this process and in a worker process alike.
+    movielens = lambda experiment: [j for j in ctx.jobs if j.experiment == experiment and MOVIELENS in str(j.args)]  # noqa: E731
+    ctr = [job for job in ctx.jobs if job.experiment == "table3"]
+    assert movielens("table3") and all(job.settings.ctr_user_id_buckets == 65536 for job in movielens("table3"))
+    assert all(job.settings.ctr_user_id_buckets == 0 for job in ctr if job not in movielens("table3"))
+    # The baselines see the history of their cell's user models; the ablation and lambda study the paper's objective.
+    histories = {job.args[0]: job.settings.history_length for job in by_kind[("baselines", "baseline_run")]}
+    assert histories == {"demographics": 800, "ctr": 50}
+    for experiment in ("ablation", "lambda"):
+        assert movielens(experiment) and all(job.settings.recipe == "paper" for job in movielens(experiment))
+    assert {"demographics/movielens-100k", "ctr/movielens-100k", "demographics/movielens-100k (paper's)"} <= set(
+        ctx.cells
+    )
+    # What a job runs under: its settings, in this process and in a worker process alike.
     results = []
     ctx.jobs = [
         Job("x", _cell_settings, ("recipe",), lambda r, _: results.append(r), settings=job.settings)
-        for job in (table2_pretraining, movielens[0])
+        for job in (table2_pretraining, movielens("table3")[0])
     ]
     run_jobs(ctx)
     assert results == ["items", "paper"]
-    jobs._worker_start(ctx.settings, str(tmp_path), str(tmp_path / "work"), False, 1)
+    monkeypatch.setitem(jobs._WORKER, "ctx", Context(settings, tmp_path, tmp_path / "work", quick=False))
     assert jobs._worker_call(_cell_settings, ("pretrain_epochs",), table2_pretraining.settings)[0] == 300
-    assert jobs._worker_call(_cell_settings, ("pretrain_epochs",), None)[0] is None  # the run's own, unresolved
+
+
+def test_a_cell_whose_models_would_be_refused_stops_the_run_before_it_starts(tmp_path):
+    settings = build_settings(parse_args(["--ctr_ad_id_bias", "--ctr_datasets", "synthetic"]))
+    ctx = Context(settings, tmp_path, tmp_path / "work", quick=False)
+    with pytest.raises(SystemExit, match="ctr on synthetic: ad_id_bias needs behavior_id_buckets"):
+        experiments.run_table3(ctx)
+    assert not ctx.jobs
+
+
+def test_a_missing_baseline_is_fitted_alone_and_as_in_the_full_fit(tmp_path):
+    ctx = Context(build_settings(parse_args(["--quick"])), tmp_path, tmp_path / ".work", quick=True)
+    full = baselines.demographic_baselines(ctx, "synthetic", 0.5, 0, recent=7)
+    alone = baselines.demographic_baselines(ctx, "synthetic", 0.5, 0, recent=7, only=("lr_tfidf_last7",))
+    assert set(alone) == {"majority", "lr_tfidf_last7"} and alone["lr_tfidf_last7"] == full["lr_tfidf_last7"]
+    assert set(full) == {"majority", "lr_tfidf", "lr_tfidf_last7", "lr_tfidf_words", "svd_lr"}
 
 
 def test_svd_baseline_learns_from_every_user_without_labels(tmp_path, monkeypatch):

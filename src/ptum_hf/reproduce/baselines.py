@@ -18,24 +18,33 @@ PROBE_SETTING = "as SVD+LR"  # the probe's protocol, in its records' `setting`: 
 
 
 def demographic_baselines(
-    ctx: Context, dataset: str, ratio: float, repeat: int, label_fraction=None, recent: int | None = None
+    ctx: Context,
+    dataset: str,
+    ratio: float,
+    repeat: int,
+    label_fraction=None,
+    recent: int | None = None,
+    only: tuple | None = None,
 ) -> dict:
     """`fit_demographic_baselines` on the user models' split (`demographics_splits`) of `dataset`: `ratio` of the
     labeled training users, or `label_fraction` of the scale setting's users."""
     name = ctx.data_name(dataset)
     data = ctx.data(name) if label_fraction is None else ctx.data(name, ctx.settings.scale_users)
     parts = demographics_splits(data, DEMOGRAPHIC_HEADS, label_fraction or ratio, repeat)
-    return fit_demographic_baselines(data, *parts, recent=recent)
+    return fit_demographic_baselines(data, *parts, recent=recent, only=only)
 
 
-def fit_demographic_baselines(data, train, validation, test, recent: int | None = None) -> dict:
+def fit_demographic_baselines(
+    data, train, validation, test, recent: int | None = None, only: tuple | None = None
+) -> dict:
     """Majority class and LR on TF-IDF bags (of items, and of the words of the behavior texts), fitted on `train`
     (C chosen on `validation`), scored on `test`: {variant: {metric: value}}.
 
     `svd_lr`: LR on the truncated SVD of the TF-IDF bag of items fitted on every user of `data` without labels
     (what pre-training also sees), L2-normalised; its rank is chosen on the validation users.
     With `recent`, also LR on the bag of each user's last `recent` items only (`lr_tfidf_last{recent}`): what the user
-    models see, since they keep only the most recent `max_behaviors`."""
+    models see, since they keep only the most recent `max_behaviors`. `only`: fit just these variants (and the
+    majority class), e.g. the one a new history length adds."""
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.preprocessing import normalize
@@ -51,13 +60,22 @@ def fit_demographic_baselines(data, train, validation, test, recent: int | None 
         ]
 
     items = dict(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
-    features = {"lr_tfidf": fit_transform(TfidfVectorizer(**items), bag())}
-    if recent is not None:
-        features[f"lr_tfidf_last{recent}"] = fit_transform(TfidfVectorizer(**items), bag(recent))
     # The same model on the words of the behavior texts (what the user models read) instead of item identities.
     texts = lambda part: [" ".join(data.behaviors[b] for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
-    features["lr_tfidf_words"] = fit_transform(TfidfVectorizer(sublinear_tf=True, min_df=2), texts)
-    options = {variant: [({}, x)] for variant, x in features.items()}  # variant -> [(choice, (train, val, test))]
+    features = {
+        "lr_tfidf": lambda: fit_transform(TfidfVectorizer(**items), bag()),
+        **(
+            {f"lr_tfidf_last{recent}": lambda: fit_transform(TfidfVectorizer(**items), bag(recent))}
+            if recent is not None
+            else {}
+        ),
+        "lr_tfidf_words": lambda: fit_transform(TfidfVectorizer(sublinear_tf=True, min_df=2), texts),
+    }
+    wanted = lambda variant: only is None or variant in only  # noqa: E731
+    # variant -> [(choice, (train, val, test))]
+    options = {variant: [({}, make())] for variant, make in features.items() if wanted(variant)}
+    if not wanted("svd_lr"):
+        return fit_heads(options, train, validation, test)
     everyone = TfidfVectorizer(**items)
     matrix = everyone.fit_transform(bag()(data.users))
     ranks = sorted({min(k, min(matrix.shape) - 1) for k in SVD_RANKS} - {0})

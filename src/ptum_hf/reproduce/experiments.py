@@ -31,8 +31,9 @@ def run_grid(
     ratio, repeat) fine-tune not yet recorded, under the settings of (task, dataset) (`Settings.for_cell`; `measured`
     False: the paper's where unset)."""
     dataset = ctx.data_name(dataset)
-    s = ctx.settings.for_cell(task, dataset, measured)
-    ctx = ctx.with_settings(s)
+    ctx = ctx.for_cell(task, dataset, measured)
+    s = ctx.settings
+    check_cell(s, task, dataset)
     repeats = s.repeats if repeats is None else min(s.repeats, repeats)
     label = s.model_label(preset)
     done = ctx.records.done(experiment)
@@ -81,16 +82,25 @@ def run_grid(
                 (task, dataset, model_dir, variant, ratio, repeat, fraction),
                 record,
                 after=pretraining,
-                settings=s,
             )
         )
 
 
+def check_cell(settings, task: str, dataset: str):
+    """Stop before anything runs if the models of `task` on `dataset` would be refused (e.g. an ad id bias given for
+    every dataset where one has no ids)."""
+    from ..configuration_ptum import PTUMConfig
+
+    try:
+        PTUMConfig(**settings.model_overrides, **(settings.ctr_head if task == "ctr" else {}))
+    except ValueError as error:
+        raise SystemExit(f"{task} on {dataset}: {error}") from None
+
+
 def plan_baselines(ctx: Context, experiment: str, function, args: tuple):
     """A job computing `function(ctx, task, dataset, ratio, repeat, ...)`: {variant: metrics}, recorded with preset
-    and setting "-", under the settings of (task, dataset) (the history the user models see)."""
+    and setting "-"; `ctx` is the cell's (the history its user models see)."""
     task, dataset, ratio, repeat = args[:4]
-    settings = ctx.settings.for_cell(task, dataset)
 
     def record(results, seconds):
         for variant, metrics in results.items():
@@ -114,14 +124,15 @@ def plan_baselines(ctx: Context, experiment: str, function, args: tuple):
             + ", ".join(f"{v} {m.get('accuracy', m.get('auc')):.4f}" for v, m in results.items())
         )
 
-    ctx.plan(Job(experiment, function, args, record, settings=settings))
+    ctx.plan(Job(experiment, function, args, record))
 
 
 def run_baselines(ctx: Context):
     done = ctx.records.done("baselines")
     jobs = [("demographics", ctx.data_name(MOVIELENS))] + [("ctr", ctx.data_name(d)) for d in ctx.settings.ctr_datasets]
     for task, dataset in jobs:
-        s = ctx.settings.for_cell(task, dataset)
+        cell = ctx.for_cell(task, dataset)
+        s = cell.settings
         for ratio in s.ratios:
             for repeat in range(s.linear_splits if task == "demographics" else s.repeats):
                 wanted = (
@@ -133,12 +144,12 @@ def run_baselines(ctx: Context):
                     v for v in wanted if ("baselines", task, dataset, "-", "-", v, ratio, repeat) not in done
                 )
                 if missing:
-                    plan_baselines(ctx, "baselines", baseline_run, (task, dataset, ratio, repeat, missing))
+                    plan_baselines(cell, "baselines", baseline_run, (task, dataset, ratio, repeat, missing))
 
 
 def baseline_run(ctx: Context, task: str, dataset: str, ratio: float, repeat: int, missing: tuple) -> dict:
     if task == "demographics":
-        results = demographic_baselines(ctx, dataset, ratio, repeat, recent=ctx.settings.history_length)
+        results = demographic_baselines(ctx, dataset, ratio, repeat, recent=ctx.settings.history_length, only=missing)
     else:
         results = ctr_baselines(ctx, dataset, ratio, repeat, only=missing if len(missing) == 1 else None)
     return {v: m for v, m in results.items() if v in missing}
@@ -238,12 +249,13 @@ def run_scale(ctx: Context):
     """Synthetic: every user pre-trains; each of `scale_labeled` (a count) of them carry labels for training."""
     s = ctx.settings
     done = ctx.records.done("scale")
+    cell = ctx.for_cell("demographics", SYNTHETIC)
     for labeled in s.scale_labeled:
         grid = scale_grid(ctx, labeled)
         for repeat in range(s.repeats):
             if ("scale", "demographics", SYNTHETIC, "-", "-", "lr_tfidf_words", labeled, repeat) not in done:
                 plan_baselines(
-                    ctx,
+                    cell,
                     "scale",
                     scale_baseline_run,
                     ("demographics", SYNTHETIC, labeled, repeat, grid["label_fraction_of"](None)),
@@ -269,8 +281,8 @@ def run_probe(ctx: Context):
     """Is the pre-trained user vector informative? LR on frozen vectors of the HSA model pre-trained for table2 vs the
     same architecture with random weights, on the same splits as the baselines."""
     dataset = ctx.data_name(MOVIELENS)
-    s = ctx.settings.for_cell("demographics", dataset)  # the vectors of table2's HSA pre-training
-    ctx = ctx.with_settings(s)
+    ctx = ctx.for_cell("demographics", dataset)  # the vectors of table2's HSA pre-training
+    s = ctx.settings
     label = s.model_label("hsa")
     done = ctx.records.done("probe")
     todo = [
@@ -305,7 +317,7 @@ def run_probe(ctx: Context):
             )
             log(f"probe {label} {variant} ratio={ratio} repeat={repeat}: accuracy={metrics['accuracy']:.4f}")
 
-    ctx.plan(Job("probe", probe_run, (dataset, model_dir, todo), record, after=pretraining, settings=s))
+    ctx.plan(Job("probe", probe_run, (dataset, model_dir, todo), record, after=pretraining))
 
 
 def probe_run(ctx: Context, dataset: str, model_dir: Path, todo: list) -> list:

@@ -68,8 +68,8 @@ def record_key(record: dict) -> tuple:
 @dataclass(eq=False)
 class Job:
     """One unit of work: `function(ctx, *args)` (in a worker process with `--jobs`; module-level, so it pickles),
-    then `done(result, seconds)` in the main process. It starts only once `after` has finished. `settings`: the
-    settings of its task and dataset (`Settings.for_cell`) that `ctx` carries while it runs."""
+    then `done(result, seconds)` in the main process. It starts only once `after` has finished. `settings`: those of
+    the context that planned it (a cell's, `Context.for_cell`), which `ctx` carries while it runs."""
 
     experiment: str
     function: Callable
@@ -93,13 +93,24 @@ class Context:
         self.workers = 1
         self.jobs: list[Job] = []  # planned by the experiments, run by `run_jobs`
         self.pretrainings: dict[Path, Job] = {}  # planned pre-trainings by folder, shared between grids
+        self.cells: dict[str, Settings] = {}  # the settings each (task, dataset) planned with (`for_cell`)
 
     def plan(self, job: Job) -> Job:
+        """Add `job` to the plan; it runs under this context's settings unless it names its own."""
+        if job.settings is None:
+            job.settings = self.settings
         self.jobs.append(job)
         return job
 
+    def for_cell(self, task: str, dataset: str, measured: bool = True) -> Context:
+        """This context (the same records, data and plan) with the settings of `task` on `dataset`
+        (`Settings.for_cell`), which the jobs it plans run under."""
+        settings = self.settings.for_cell(task, dataset, measured)
+        self.cells[f"{task}/{dataset}" + ("" if measured else " (paper's)")] = settings
+        return self.with_settings(settings)
+
     def with_settings(self, settings: Settings | None) -> Context:
-        """This context (the same records, data and plan) with `settings` in place of its own (None: its own)."""
+        """This context with `settings` in place of its own (None: its own)."""
         if settings is None:
             return self
         other = copy.copy(self)

@@ -20,7 +20,7 @@ from .experiments import RUNNERS
 from .jobs import Context, log, run_jobs, worker_pool
 from .plots import plot_writer
 from .report import write_tables
-from .settings import EXPERIMENTS, MEASURED_DEFAULTS, build_settings, parse_args
+from .settings import EXPERIMENTS, build_settings, parse_args
 from .training import pretraining_summary
 
 
@@ -103,10 +103,6 @@ def _run(args, argv, settings, experiments, output_dir: Path, work_dir: Path) ->
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "settings": asdict(settings),
-        "model_overrides": settings.model_overrides,
-        "measured_defaults": {"/".join(cell): v for cell, v in MEASURED_DEFAULTS.items()}
-        if settings.measured_defaults
-        else {},
         "experiments": experiments,
         "quick": args.quick,
         "jobs": args.jobs,
@@ -144,6 +140,14 @@ def _run(args, argv, settings, experiments, output_dir: Path, work_dir: Path) ->
             seconds=round(time.perf_counter() - start, 1),
             timings=ctx.timings,
             pretraining=pretraining_summary(ctx),
+            # What each task and dataset ran with where it differs from "settings", and its PTUMConfig overrides.
+            cells={
+                name: {
+                    **{k: v for k, v in asdict(cell).items() if v != getattr(settings, k)},
+                    "model_overrides": cell.model_overrides,
+                }
+                for name, cell in ctx.cells.items()
+            },
         )
         with open(output_dir / "runs.jsonl", "a") as handle:
             handle.write(json.dumps(run_info, default=str) + "\n")

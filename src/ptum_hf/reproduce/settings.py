@@ -117,6 +117,7 @@ class Settings:
     ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
     measured_defaults: bool = True  # MEASURED_DEFAULTS for the fields left unset
+    cell: tuple | None = None  # (task, dataset) once resolved by `for_cell`
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
     user_model_learning_rate: float | None = DEFAULT_USER_LR  # PTUM finetune only; None: the head's rate for all
     learning_rate: float | None = None  # PTUM finetune: the Trainer's (head's) learning rate; None: VARIANTS'
@@ -138,11 +139,24 @@ class Settings:
         """These settings as the runs of one task on one dataset use them: each unset field from MEASURED_DEFAULTS
         (unless `measured` or `measured_defaults` is off, or a recipe is given where the measured default is a
         recipe), else from PAPER_DEFAULTS; the config overrides given win over the measured ones."""
+        if self.cell is not None:  # its resolved fields would read as given
+            raise ValueError(f"these settings are already those of {self.cell}")
         chosen = MEASURED_DEFAULTS.get((task, dataset), {}) if measured and self.measured_defaults else {}
-        if self.recipe is not None and "recipe" in chosen:  # its length and history were chosen for its recipe
-            chosen = {}
+        if chosen.get("recipe", self.recipe) != self.recipe and self.recipe is not None:
+            chosen = {}  # another recipe given: the measured length and history were chosen for the measured one
         unset = {name: value for name, value in {**PAPER_DEFAULTS, **chosen}.items() if getattr(self, name) is None}
-        return replace(self, **unset, config_overrides={**chosen.get("config_overrides", {}), **self.config_overrides})
+        overrides = {**chosen.get("config_overrides", {}), **self.config_overrides}
+        return replace(self, **unset, config_overrides=overrides, cell=(task, dataset))
+
+    @property
+    def ctr_head(self) -> dict:
+        """The CTR models' PTUMConfig head options that are on."""
+        head = {
+            "ad_prior": self.ctr_ad_prior,
+            "ad_id_bias": self.value("ctr_ad_id_bias"),
+            "user_id_buckets": self.value("ctr_user_id_buckets"),
+        }
+        return {name: value for name, value in head.items() if value}
 
     @property
     def model_overrides(self) -> dict:
@@ -166,7 +180,9 @@ class Settings:
         user_lr = self.user_model_learning_rate
         recipe, epochs, batch = (self.value(name) for name in ("recipe", "pretrain_epochs", "pretrain_batch_size"))
         user_buckets = self.value("ctr_user_id_buckets")
-        paper_length = (PAPER_DEFAULTS["pretrain_epochs"], PAPER_DEFAULTS["pretrain_batch_size"])
+        steps = self.pretrain_max_steps
+        length = f"{steps} steps" if steps > 0 else f"{epochs} epoch{'s' * (epochs != 1)}"
+        paper_length = f"{PAPER_DEFAULTS['pretrain_epochs']} epochs"
         marks = [
             (self.size != "small", f"[{self.size}]"),
             (recipe != "paper", f"[{recipe} recipe: {RECIPE_MARKS.get(recipe, '')}]"),
@@ -176,7 +192,11 @@ class Settings:
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
-            ((epochs, batch) != paper_length, f"[PT {epochs} epochs, batch {batch}]"),
+            ((length, batch) != (paper_length, PAPER_DEFAULTS["pretrain_batch_size"]), f"[PT {length}, batch {batch}]"),
+            (
+                self.ctr_max_steps != Settings.ctr_max_steps and preset in CTR_PRESETS,
+                f"[FT {self.ctr_max_steps} steps]",
+            ),
             (
                 self.pretrain_learning_rate != Settings.pretrain_learning_rate,
                 f"[PT lr {self.pretrain_learning_rate:g}]",
@@ -466,7 +486,7 @@ def build_settings(args) -> Settings:
     if settings.value("pretrain_batch_size") < 1 or settings.value("pretrain_epochs") < 1:
         raise SystemExit(
             "pretrain_batch_size and pretrain_epochs must be >= 1; got "
-            f"{settings.pretrain_batch_size}, {settings.pretrain_epochs}"
+            f"{settings.value('pretrain_batch_size')}, {settings.value('pretrain_epochs')}"
         )
     if not settings.pretrain_learning_rate > 0:
         raise SystemExit(f"pretrain_learning_rate must be > 0; got {settings.pretrain_learning_rate}")

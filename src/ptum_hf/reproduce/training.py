@@ -26,7 +26,7 @@ def pretraining_job(
     max_steps: int | None = None,
 ) -> tuple[Path, Job | None]:
     """Where the pre-training of (dataset, preset, setting, size) is saved, and the job that writes it there (None
-    when it already exists), under `ctx.settings` (a cell's, `Settings.for_cell`). Planned once: grids that need the
+    when it already exists), under `ctx.settings` (a cell's, `Context.for_cell`). Planned once: grids that need the
     same pre-training share its job."""
     s = ctx.settings
     overrides = {**s.model_overrides, **setting}
@@ -61,7 +61,7 @@ def pretraining_job(
             ctx.timings[f"pretrain {dataset} {preset} {tag}"] = seconds
             log(f"pre-trained {preset} on {dataset}, setting {setting} ({seconds:.0f}s)")
 
-        ctx.pretrainings[folder] = ctx.plan(Job(experiment, pretrain_run, (folder, identity), done, settings=s))
+        ctx.pretrainings[folder] = ctx.plan(Job(experiment, pretrain_run, (folder, identity), done))
     return model_dir, ctx.pretrainings[folder]
 
 
@@ -155,9 +155,8 @@ def finetune_run(
         overrides["classifier_layer_norm"] = s.classifier_layer_norm
     if task == "ctr":
         overrides["max_eval_samples"] = s.ctr_eval_samples
-        head = {"ad_prior": s.ctr_ad_prior, "ad_id_bias": s.ctr_ad_id_bias, "user_id_buckets": s.ctr_user_id_buckets}
-        if any(head.values()):
-            overrides["config_overrides"] = json.dumps({k: v for k, v in head.items() if v})
+        if s.ctr_head:
+            overrides["config_overrides"] = json.dumps(s.ctr_head)
     args = FinetuneArguments(
         task=task,
         model_name_or_path=str(model_dir),
