@@ -323,6 +323,10 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
     settings = build_settings(parse_args(["--pretrain_max_steps", "5", "--ctr_max_steps", "1200"]))
     assert settings.model_label("hsa") == "hsa [PT 5 steps, batch 32]"
     assert settings.model_label("gru4rec") == "gru4rec [PT 5 steps, batch 32] [FT 1200 steps]"
+    # The scale setting fixes its own steps: they name its models, not the epochs or steps of the others.
+    assert settings.model_label("hsa", settings.scale_pretrain_steps) == "hsa"
+    assert build_settings(parse_args(["--pretrain_epochs", "20"])).model_label("hsa", 1500) == "hsa"
+    assert settings.model_label("hsa", 500) == "hsa [PT 500 steps, batch 32]"
 
 
 def _cell_settings(ctx, name):
@@ -372,6 +376,17 @@ def test_a_cell_whose_models_would_be_refused_stops_the_run_before_it_starts(tmp
     with pytest.raises(SystemExit, match="ctr on synthetic: ad_id_bias needs behavior_id_buckets"):
         experiments.run_table3(ctx)
     assert not ctx.jobs
+    given = [
+        "--ctr_user_id_buckets",
+        "16",
+        "--config_overrides",
+        '{"user_id_buckets": 8}',
+        "--ctr_datasets",
+        "synthetic",
+    ]
+    ctx = Context(build_settings(parse_args(given)), tmp_path, tmp_path / "work", quick=False)
+    experiments.run_table3(ctx)  # a head option also in the config overrides is no error
+    assert ctx.jobs
 
 
 def test_a_missing_baseline_is_fitted_alone_and_as_in_the_full_fit(tmp_path):

@@ -35,7 +35,7 @@ def run_grid(
     s = ctx.settings
     check_cell(s, task, dataset)
     repeats = s.repeats if repeats is None else min(s.repeats, repeats)
-    label = s.model_label(preset)
+    label = s.model_label(preset, max_steps)
     done = ctx.records.done(experiment)
     todo = [
         (v, r, k)
@@ -92,8 +92,8 @@ def check_cell(settings, task: str, dataset: str):
     from ..configuration_ptum import PTUMConfig
 
     try:
-        PTUMConfig(**settings.model_overrides, **(settings.ctr_head if task == "ctr" else {}))
-    except ValueError as error:
+        PTUMConfig(**{**settings.model_overrides, **(settings.ctr_head if task == "ctr" else {})})
+    except (TypeError, ValueError) as error:
         raise SystemExit(f"{task} on {dataset}: {error}") from None
 
 

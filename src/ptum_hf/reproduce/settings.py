@@ -175,14 +175,18 @@ class Settings:
 
         return self.model_overrides.get("max_behaviors", PTUMConfig().max_behaviors)
 
-    def model_label(self, preset: str) -> str:
-        """The name a user model gets in the tables: the preset, then each departure from the default recipe."""
+    def model_label(self, preset: str, max_steps: int | None = None) -> str:
+        """The name a user model gets in the tables: the preset, then each departure from the default recipe.
+        `max_steps`: the pre-training steps of a grid that fixes them (the synthetic scale setting's)."""
         user_lr = self.user_model_learning_rate
         recipe, epochs, batch = (self.value(name) for name in ("recipe", "pretrain_epochs", "pretrain_batch_size"))
         user_buckets = self.value("ctr_user_id_buckets")
-        steps = self.pretrain_max_steps
-        length = f"{steps} steps" if steps > 0 else f"{epochs} epoch{'s' * (epochs != 1)}"
-        paper_length = f"{PAPER_DEFAULTS['pretrain_epochs']} epochs"
+        if max_steps is not None:  # the grid's steps decide the length, whatever the epochs
+            length, paper_length = f"{max_steps} steps", f"{Settings.scale_pretrain_steps} steps"
+        else:
+            steps = self.pretrain_max_steps
+            length = f"{steps} steps" if steps > 0 else f"{epochs} epoch{'s' * (epochs != 1)}"
+            paper_length = f"{PAPER_DEFAULTS['pretrain_epochs']} epochs"
         marks = [
             (self.size != "small", f"[{self.size}]"),
             (recipe != "paper", f"[{recipe} recipe: {RECIPE_MARKS.get(recipe, '')}]"),
