@@ -44,7 +44,7 @@ def parse_args():
     parser.add_argument("--labeled_users", type=int, default=200, help="labeled training users per split")
     parser.add_argument("--splits", type=int, default=3, help="user splits (split seeds 0..splits-1)")
     parser.add_argument("--size", choices=tuple(SIZE_PRESETS), default="paper", help="model size")
-    parser.add_argument("--pretrain_epochs", type=int, default=2)
+    parser.add_argument("--pretrain_epochs", type=int, default=3)
     parser.add_argument("--finetune_epochs", type=int, default=5)
     parser.add_argument("--pretrained", default=None, help="a model folder to fine-tune instead of pre-training one")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic log, pre-training and fine-tuning")
