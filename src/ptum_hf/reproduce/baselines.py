@@ -62,15 +62,10 @@ def fit_demographic_baselines(
     items = dict(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
     # The same model on the words of the behavior texts (what the user models read) instead of item identities.
     texts = lambda part: [" ".join(data.behaviors[b] for b in ids) for ids in part["behavior_ids"]]  # noqa: E731
-    features = {
-        "lr_tfidf": lambda: fit_transform(TfidfVectorizer(**items), bag()),
-        **(
-            {f"lr_tfidf_last{recent}": lambda: fit_transform(TfidfVectorizer(**items), bag(recent))}
-            if recent is not None
-            else {}
-        ),
-        "lr_tfidf_words": lambda: fit_transform(TfidfVectorizer(sublinear_tf=True, min_df=2), texts),
-    }
+    features = {"lr_tfidf": lambda: fit_transform(TfidfVectorizer(**items), bag())}  # made only where wanted
+    if recent is not None:
+        features[f"lr_tfidf_last{recent}"] = lambda: fit_transform(TfidfVectorizer(**items), bag(recent))
+    features["lr_tfidf_words"] = lambda: fit_transform(TfidfVectorizer(sublinear_tf=True, min_df=2), texts)
     wanted = lambda variant: only is None or variant in only  # noqa: E731
     # variant -> [(choice, (train, val, test))]
     options = {variant: [({}, make())] for variant, make in features.items() if wanted(variant)}

@@ -109,10 +109,8 @@ class Context:
         self.cells[f"{task}/{dataset}" + ("" if measured else " (paper's)")] = settings
         return self.with_settings(settings)
 
-    def with_settings(self, settings: Settings | None) -> Context:
-        """This context with `settings` in place of its own (None: its own)."""
-        if settings is None:
-            return self
+    def with_settings(self, settings: Settings) -> Context:
+        """This context with `settings` in place of its own."""
         other = copy.copy(self)
         other.settings = settings
         return other
