@@ -276,7 +276,7 @@ def readme_section_code() -> str:
 
 def test_readme_section_runs_from_a_checkpoint_alone_without_ptum_hf(folder, classifier, tmp_path):
     code = readme_section_code()
-    assert 'folder = "outputs/finetune/model"' in code
+    assert 'folder = "outputs/finetune-demographics/model"' in code
     # The checkpoint copied alone into a fresh folder; ptum_hf shadowed by a module that refuses to import.
     alone = tmp_path / "only-the-checkpoint"
     alone.mkdir()
@@ -304,7 +304,7 @@ def test_readme_section_runs_from_a_checkpoint_alone_without_ptum_hf(folder, cla
         }))
         """
     )
-    script = "import json\n" + code.replace('"outputs/finetune/model"', repr(str(alone))) + footer
+    script = "import json\n" + code.replace('"outputs/finetune-demographics/model"', repr(str(alone))) + footer
     env = subprocess_env(PYTHONPATH=str(blocker), HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = run_python(script, tmp_path, env)
     assert result.returncode == 0, result.stderr[-4000:]

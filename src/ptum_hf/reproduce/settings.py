@@ -412,7 +412,7 @@ def parse_args(argv=None):
         type=int,
         default=None,
         help="Every planned job (pre-trainings, fine-tunes, baselines, probes) runs in this many worker processes, "
-        "which share the threads. Default: 2 where there are 2 cores, 1 with --quick.",
+        "which share the threads. Default: 2 where there are 2 or more cores, 1 with --quick.",
     )
     return parser.parse_args(argv)
 
