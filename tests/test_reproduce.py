@@ -276,7 +276,9 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     with pytest.raises(SystemExit, match="linear_repeats must be >= 1"):
         build_settings(parse_args(["--linear_repeats", "0"]))
     settings = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--ctr_ad_id_bias"]))
-    assert settings.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias 4096)"
+    assert settings.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias 4096) (id biases fitted)"
+    unfitted = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--no-ctr_fit_id_biases"]))
+    assert unfitted.model_label("gru4rec") == "gru4rec (user id bias 4096)"
     for bad in ("-1", "10000001"):
         with pytest.raises(SystemExit, match=r"ctr_user_id_buckets must be in \[0, 10000000\]"):
             build_settings(parse_args(["--ctr_user_id_buckets", bad]))
@@ -293,7 +295,9 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
     )
     ctr = settings.for_cell("ctr", MOVIELENS)
     assert ctr.model_overrides["behavior_id_buckets"] == 65536 and not ctr.model_overrides.get("use_bag")
-    assert ctr.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias 65536) (behavior_id_buckets=65536)"
+    assert ctr.model_label("gru4rec") == (
+        "gru4rec (ad id bias) (user id bias 65536) (id biases fitted) (behavior_id_buckets=65536)"
+    )
     for paper in (
         settings.for_cell("demographics", SYNTHETIC),
         settings.for_cell("ctr", SYNTHETIC),

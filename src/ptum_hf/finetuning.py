@@ -90,6 +90,14 @@ class FinetuneArguments:
             "learning_rate. Lower than the head's, it keeps more of what pre-training learned."
         },
     )
+    fit_id_biases: bool = field(
+        default=True,
+        metadata={
+            "help": "CTR with id biases (PTUMConfig.ad_id_bias, user_id_buckets) and a new head: start them at a "
+            "logistic regression of the training clicks on ad and user identity (PTUMForCTR.fit_id_biases), so "
+            "training starts from item and user popularity; --no_fit_id_biases starts them at 0."
+        },
+    )
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -293,6 +301,13 @@ def _has_head(args: FinetuneArguments, head_class) -> bool:
     return head_class.__name__ in architectures
 
 
+def _fits_id_biases(args: FinetuneArguments, model) -> bool:
+    """Whether the CTR model has id biases to start from the training clicks: a new head's (a checkpoint's own
+    trained CTR head keeps what it learned)."""
+    has_biases = model.ad_id_bias is not None or model.user_id_bias is not None
+    return has_biases and not _has_head(args, PTUMForCTR)
+
+
 def task_splits(data, args: FinetuneArguments):
     """(train, validation, test) of the task: users for demographics, impressions for CTR."""
     if args.task == "demographics":
@@ -425,6 +440,8 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
         )
     validation = eval_subset(validation, args.max_eval_samples, args.split_seed)
     collator = build_collator(args, data, tokenizer, model.config, token_cache)
+    if args.task == "ctr" and args.fit_id_biases and _fits_id_biases(args, model):
+        model.fit_id_biases(**collator.id_bias_targets(train))
     compute_metrics = (
         make_demographics_compute_metrics(model.config.label_heads)
         if args.task == "demographics"

@@ -1613,6 +1613,70 @@ class PTUMForCTR(PTUMPreTrainedModel):
                 raise ValueError(f"user_bucket_ids must hold buckets in [0, {buckets}) or -1; got [{low}, {high}]")
         return self.user_id_bias[user_bucket_ids.clamp(min=0)] * (user_bucket_ids >= 0)
 
+    @torch.no_grad()
+    def fit_id_biases(
+        self,
+        labels: torch.Tensor,
+        ad_bucket_ids: torch.LongTensor | None = None,
+        user_bucket_ids: torch.LongTensor | None = None,
+        l2: float = 1.0,
+        rounds: int = 10,
+    ) -> None:
+        """Set `bias` and the id biases this model has (`config.ad_id_bias`, `config.user_id_buckets`) to an
+        L2-regularised logistic regression of the clicks on ad and user identity alone, so fine-tuning starts where a
+        popularity model ends and the user/ad dot product only has to learn what identity does not say. Newton steps,
+        one group of biases at a time. Buckets of -1 are left out; buckets with no impression keep their bias.
+
+        Args:
+            labels (`torch.Tensor` of shape `(N,)`): 0/1 clicks of the training impressions.
+            ad_bucket_ids (`torch.LongTensor` of shape `(N,)`, *optional*): each impression's ad title id bucket
+                (needed with `config.ad_id_bias`).
+            user_bucket_ids (`torch.LongTensor` of shape `(N,)`, *optional*): each impression's user id bucket
+                (needed with `config.user_id_buckets`).
+            l2 (`float`): the penalty on each id bias (as `1 / C` of scikit-learn's LogisticRegression).
+            rounds (`int`): Newton steps per group.
+        """
+        device = self.bias.device
+        labels = labels.detach().to(device, torch.float64).view(-1)
+        groups = []
+        for name, biases, buckets in (
+            ("ad_bucket_ids", self.ad_id_bias, ad_bucket_ids),
+            ("user_bucket_ids", self.user_id_bias, user_bucket_ids),
+        ):
+            if biases is None:
+                continue
+            if buckets is None or buckets.shape != labels.shape:
+                raise ValueError(f"fit_id_biases needs {name} of shape {tuple(labels.shape)} for this model's id bias")
+            if buckets.numel() and (int(buckets.min()) < -1 or int(buckets.max()) >= biases.numel()):
+                raise ValueError(f"{name} must hold buckets in [0, {biases.numel()}) or -1")
+            groups.append((biases, buckets.to(device, torch.long)))
+        if not labels.numel() or bool(((labels != 0) & (labels != 1)).any()):
+            raise ValueError("fit_id_biases needs at least one impression and labels of 0 or 1")
+        global_bias = torch.zeros((), dtype=torch.float64, device=device)
+        values = [torch.zeros(biases.numel(), dtype=torch.float64, device=device) for biases, _ in groups]
+
+        def logits():
+            out = global_bias.expand(labels.shape).clone()
+            for value, (_, buckets) in zip(values, groups):
+                out += value[buckets.clamp(min=0)] * (buckets >= 0)
+            return out
+
+        for _ in range(rounds):
+            p = torch.sigmoid(logits())
+            global_bias += (labels - p).sum() / (p * (1 - p)).sum().clamp(min=1e-12)
+            for value, (_, buckets) in zip(values, groups):
+                p = torch.sigmoid(logits())
+                seen = buckets >= 0
+                index = buckets[seen]
+                gradient = torch.zeros_like(value).index_add_(0, index, (labels - p)[seen]) - l2 * value
+                curvature = torch.zeros_like(value).index_add_(0, index, (p * (1 - p))[seen]) + l2
+                value += gradient / curvature
+        self.bias.copy_(global_bias)
+        for value, (biases, buckets) in zip(values, groups):
+            touched = torch.zeros(biases.numel(), dtype=torch.bool, device=device)
+            touched[buckets[buckets >= 0]] = True
+            biases[touched] = value[touched].to(biases.dtype)
+
     def forward(
         self,
         behavior_input_ids: torch.LongTensor | None = None,

@@ -473,6 +473,18 @@ class CTRCollator(BehaviorCollatorBase):
             defaults["user_ids"] = list(dataset.users["user_id"])  # a plain list: it goes to every worker
         return defaults
 
+    def id_bias_targets(self, impressions) -> dict[str, torch.Tensor]:
+        """`PTUMForCTR.fit_id_biases`' arguments for `impressions` (a CTR split: columns `label`, `ad_title_id`,
+        `user_index`): `labels`, and each impression's ad title id bucket (with `id_buckets`) and user id bucket (with
+        `user_id_buckets`), bucketed as the batches are."""
+        targets = {"labels": np.asarray(impressions["label"], np.float32)}
+        if self.id_buckets:
+            titles = np.asarray(impressions["ad_title_id"], np.int64)
+            targets["ad_bucket_ids"] = self.token_cache.bucket_ids(titles, self.id_buckets)
+        if self._user_buckets is not None:
+            targets["user_bucket_ids"] = self._user_buckets[np.asarray(impressions["user_index"], np.int64)]
+        return _tensors(**targets)
+
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("empty batch")

@@ -51,22 +51,12 @@ def run_grid(
     for variant, ratio, repeat in todo:
 
         def record(metrics, seconds, variant=variant, ratio=ratio, repeat=repeat):
-            ctx.records.add(
-                experiment,
-                {
-                    "experiment": experiment,
-                    "task": task,
-                    "dataset": dataset,
-                    "preset": label,
-                    "setting": setting_name,
-                    "variant": variant,
-                    "ratio": ratio,
-                    "repeat": repeat,
-                    "metrics": metrics,
-                    "seconds": seconds,
-                    "size": s.size,
-                    "max_behaviors": s.history_length,
-                },
+            ctx.records.add_run(
+                (experiment, task, dataset, label, setting_name, variant, ratio, repeat),
+                metrics,
+                seconds,
+                size=s.size,
+                max_behaviors=s.history_length,
             )
             main_metric = metrics.get("accuracy", metrics.get("auc"))
             log(
@@ -104,21 +94,7 @@ def plan_baselines(ctx: Context, experiment: str, function, args: tuple):
 
     def record(results, seconds):
         for variant, metrics in results.items():
-            ctx.records.add(
-                experiment,
-                {
-                    "experiment": experiment,
-                    "task": task,
-                    "dataset": dataset,
-                    "preset": "-",
-                    "setting": "-",
-                    "variant": variant,
-                    "ratio": ratio,
-                    "repeat": repeat,
-                    "metrics": metrics,
-                    "seconds": seconds,
-                },
-            )
+            ctx.records.add_run((experiment, task, dataset, "-", "-", variant, ratio, repeat), metrics, seconds)
         log(
             f"{experiment} {task} {dataset} ratio={ratio} repeat={repeat}: "
             + ", ".join(f"{v} {m.get('accuracy', m.get('auc')):.4f}" for v, m in results.items())
@@ -298,22 +274,12 @@ def run_probe(ctx: Context):
 
     def record(results, _):
         for (variant, ratio, repeat), metrics in results:
-            ctx.records.add(
-                "probe",
-                {
-                    "experiment": "probe",
-                    "task": "demographics",
-                    "dataset": dataset,
-                    "preset": label,
-                    "setting": PROBE_SETTING,
-                    "variant": variant,
-                    "ratio": ratio,
-                    "repeat": repeat,
-                    "metrics": metrics,
-                    "seconds": 0,
-                    "size": s.size,
-                    "max_behaviors": s.history_length,
-                },
+            ctx.records.add_run(
+                ("probe", "demographics", dataset, label, PROBE_SETTING, variant, ratio, repeat),
+                metrics,
+                0,
+                size=s.size,
+                max_behaviors=s.history_length,
             )
             log(f"probe {label} {variant} ratio={ratio} repeat={repeat}: accuracy={metrics['accuracy']:.4f}")
 

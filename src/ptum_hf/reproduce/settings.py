@@ -116,6 +116,7 @@ class Settings:
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
+    ctr_fit_id_biases: bool = True  # FinetuneArguments.fit_id_biases: id biases start from the training clicks
     measured_defaults: bool = True  # MEASURED_DEFAULTS for the fields left unset
     cell: tuple | None = None  # (task, dataset) once resolved by `for_cell`
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
@@ -169,6 +170,11 @@ class Settings:
         return overrides
 
     @property
+    def ctr_fits_id_biases(self) -> bool:
+        """Whether the CTR models' id biases (if any) start from the training clicks."""
+        return self.ctr_fit_id_biases and bool(self.value("ctr_ad_id_bias") or self.value("ctr_user_id_buckets"))
+
+    @property
     def history_length(self) -> int:
         """How many of a user's most recent behaviors the user models see (the paper: 100)."""
         from ..configuration_ptum import PTUMConfig
@@ -196,6 +202,7 @@ class Settings:
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
+            (self.ctr_fits_id_biases and preset in CTR_PRESETS, "(id biases fitted)"),
             ((length, batch) != (paper_length, PAPER_DEFAULTS["pretrain_batch_size"]), f"[PT {length}, batch {batch}]"),
             (
                 self.ctr_max_steps != Settings.ctr_max_steps and preset in CTR_PRESETS,
@@ -337,6 +344,13 @@ def parse_args(argv=None):
         "default: on for MovieLens, MEASURED_DEFAULTS).",
     )
     parser.add_argument(
+        "--ctr_fit_id_biases",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CTR models' id biases start at a logistic regression of the training clicks on ad and user identity "
+        "(FinetuneArguments.fit_id_biases; default: on); --no-ctr_fit_id_biases: at 0.",
+    )
+    parser.add_argument(
         "--ctr_user_id_buckets",
         type=int,
         default=None,
@@ -472,6 +486,7 @@ def build_settings(args) -> Settings:
         "ctr_ad_prior",
         "ctr_ad_id_bias",
         "ctr_user_id_buckets",
+        "ctr_fit_id_biases",
         "measured_defaults",
         "user_model_learning_rate",
         "learning_rate",

@@ -157,6 +157,7 @@ def finetune_run(
         overrides["max_eval_samples"] = s.ctr_eval_samples
         if s.ctr_head:
             overrides["config_overrides"] = json.dumps(s.ctr_head)
+        overrides["fit_id_biases"] = s.ctr_fit_id_biases  # explicit, as above
     args = FinetuneArguments(
         task=task,
         model_name_or_path=str(model_dir),
