@@ -93,9 +93,10 @@ class FinetuneArguments:
     fit_id_biases: bool = field(
         default=True,
         metadata={
-            "help": "CTR with id biases (PTUMConfig.ad_id_bias, user_id_buckets) and a new head: start them at a "
-            "logistic regression of the training clicks on ad and user identity (PTUMForCTR.fit_id_biases), so "
-            "training starts from item and user popularity; --no_fit_id_biases starts them at 0."
+            "help": "CTR with id biases (PTUMConfig.ad_id_bias, user_id_buckets) the checkpoint did not train: start "
+            "them (and the global bias) at a logistic regression of the training clicks on ad and user identity "
+            "(PTUMForCTR.fit_id_biases), a popularity model for the user model to add to; --no_fit_id_biases "
+            "starts them at 0."
         },
     )
 
@@ -301,11 +302,18 @@ def _has_head(args: FinetuneArguments, head_class) -> bool:
     return head_class.__name__ in architectures
 
 
-def _fits_id_biases(args: FinetuneArguments, model) -> bool:
-    """Whether the CTR model has id biases to start from the training clicks: a new head's (a checkpoint's own
-    trained CTR head keeps what it learned)."""
-    has_biases = model.ad_id_bias is not None or model.user_id_bias is not None
-    return has_biases and not _has_head(args, PTUMForCTR)
+def _new_id_biases(args: FinetuneArguments, model) -> bool:
+    """Whether the CTR model has id biases that the checkpoint did not train, to start from the training clicks (a
+    checkpoint's own trained CTR head keeps what it learned)."""
+    if args.task != "ctr" or not args.fit_id_biases:
+        return False
+    wanted = {"ad_id_bias": model.ad_id_bias is not None, "user_id_buckets": model.config.user_id_buckets}
+    if not any(wanted.values()):
+        return False
+    if not _has_head(args, PTUMForCTR):
+        return True
+    trained = PTUMConfig.from_pretrained(args.model_name_or_path)
+    return any(value and getattr(trained, name) != value for name, value in wanted.items())
 
 
 def task_splits(data, args: FinetuneArguments):
@@ -440,7 +448,7 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
         )
     validation = eval_subset(validation, args.max_eval_samples, args.split_seed)
     collator = build_collator(args, data, tokenizer, model.config, token_cache)
-    if args.task == "ctr" and args.fit_id_biases and _fits_id_biases(args, model):
+    if _new_id_biases(args, model):
         model.fit_id_biases(**collator.id_bias_targets(train))
     compute_metrics = (
         make_demographics_compute_metrics(model.config.label_heads)

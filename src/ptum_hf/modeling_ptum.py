@@ -1620,12 +1620,15 @@ class PTUMForCTR(PTUMPreTrainedModel):
         ad_bucket_ids: torch.LongTensor | None = None,
         user_bucket_ids: torch.LongTensor | None = None,
         l2: float = 1.0,
-        rounds: int = 10,
+        max_rounds: int = 100,
+        tolerance: float = 1e-6,
     ) -> None:
         """Set `bias` and the id biases this model has (`config.ad_id_bias`, `config.user_id_buckets`) to an
-        L2-regularised logistic regression of the clicks on ad and user identity alone, so fine-tuning starts where a
-        popularity model ends and the user/ad dot product only has to learn what identity does not say. Newton steps,
-        one group of biases at a time. Buckets of -1 are left out; buckets with no impression keep their bias.
+        L2-regularised logistic regression of the clicks on ad and user identity alone (a popularity model), so that
+        fine-tuning starts from it and the user/ad dot product has only to learn what identity does not say. Block
+        Newton steps (the intercept, then each group), each bucket's step bounded so that skewed click rates cannot
+        make it oscillate, until no step exceeds `tolerance`. Buckets of -1 are left out of their group; buckets
+        with no impression keep their bias.
 
         Args:
             labels (`torch.Tensor` of shape `(N,)`): 0/1 clicks of the training impressions.
@@ -1633,11 +1636,15 @@ class PTUMForCTR(PTUMPreTrainedModel):
                 (needed with `config.ad_id_bias`).
             user_bucket_ids (`torch.LongTensor` of shape `(N,)`, *optional*): each impression's user id bucket
                 (needed with `config.user_id_buckets`).
-            l2 (`float`): the penalty on each id bias (as `1 / C` of scikit-learn's LogisticRegression).
-            rounds (`int`): Newton steps per group.
+            l2 (`float`): the penalty on each id bias (`1 / C` of scikit-learn's LogisticRegression); the intercept
+                is not penalised.
+            max_rounds (`int`): at most this many rounds of steps.
+            tolerance (`float`): stop when no bias moves by more than this in a round.
         """
-        device = self.bias.device
-        labels = labels.detach().to(device, torch.float64).view(-1)
+        if not l2 > 0 or max_rounds < 1:
+            raise ValueError(f"fit_id_biases needs l2 > 0 and max_rounds >= 1; got l2={l2}, max_rounds={max_rounds}")
+        # On CPU in float64 whatever the model's device and dtype: the same result everywhere, then copied over.
+        labels = labels.detach().to("cpu", torch.float64).view(-1)
         groups = []
         for name, biases, buckets in (
             ("ad_bucket_ids", self.ad_id_bias, ad_bucket_ids),
@@ -1649,33 +1656,39 @@ class PTUMForCTR(PTUMPreTrainedModel):
                 raise ValueError(f"fit_id_biases needs {name} of shape {tuple(labels.shape)} for this model's id bias")
             if buckets.numel() and (int(buckets.min()) < -1 or int(buckets.max()) >= biases.numel()):
                 raise ValueError(f"{name} must hold buckets in [0, {biases.numel()}) or -1")
-            groups.append((biases, buckets.to(device, torch.long)))
+            buckets = buckets.detach().to("cpu", torch.long)
+            groups.append((biases, buckets[buckets >= 0], (buckets >= 0).nonzero().squeeze(-1)))
         if not labels.numel() or bool(((labels != 0) & (labels != 1)).any()):
             raise ValueError("fit_id_biases needs at least one impression and labels of 0 or 1")
-        global_bias = torch.zeros((), dtype=torch.float64, device=device)
-        values = [torch.zeros(biases.numel(), dtype=torch.float64, device=device) for biases, _ in groups]
+        intercept = torch.zeros((), dtype=torch.float64)
+        values = [torch.zeros(biases.numel(), dtype=torch.float64) for biases, *_ in groups]
 
-        def logits():
-            out = global_bias.expand(labels.shape).clone()
-            for value, (_, buckets) in zip(values, groups):
-                out += value[buckets.clamp(min=0)] * (buckets >= 0)
-            return out
+        def residuals():
+            """(labels - p, p (1 - p)) at the current biases."""
+            logits = intercept.expand(labels.shape).clone()
+            for value, (_, buckets, rows) in zip(values, groups):
+                logits[rows] += value[buckets]
+            p = torch.sigmoid(logits)
+            return labels - p, p * (1 - p)
 
-        for _ in range(rounds):
-            p = torch.sigmoid(logits())
-            global_bias += (labels - p).sum() / (p * (1 - p)).sum().clamp(min=1e-12)
-            for value, (_, buckets) in zip(values, groups):
-                p = torch.sigmoid(logits())
-                seen = buckets >= 0
-                index = buckets[seen]
-                gradient = torch.zeros_like(value).index_add_(0, index, (labels - p)[seen]) - l2 * value
-                curvature = torch.zeros_like(value).index_add_(0, index, (p * (1 - p))[seen]) + l2
-                value += gradient / curvature
-        self.bias.copy_(global_bias)
-        for value, (biases, buckets) in zip(values, groups):
-            touched = torch.zeros(biases.numel(), dtype=torch.bool, device=device)
-            touched[buckets[buckets >= 0]] = True
-            biases[touched] = value[touched].to(biases.dtype)
+        for _ in range(max_rounds):
+            error, weight = residuals()
+            step = (error.sum() / weight.sum().clamp(min=1e-12)).clamp(-2, 2)  # a logit step of 2: a 7x odds ratio
+            intercept += step
+            largest = step.abs()
+            for value, (_, buckets, rows) in zip(values, groups):
+                error, weight = residuals()
+                gradient = torch.zeros_like(value).index_add_(0, buckets, error[rows]) - l2 * value
+                curvature = torch.zeros_like(value).index_add_(0, buckets, weight[rows]) + l2
+                step = (gradient / curvature).clamp(-2, 2)
+                value += step
+                largest = torch.maximum(largest, step.abs().max())
+            if largest <= tolerance:
+                break
+        self.bias.copy_(intercept)
+        for value, (biases, buckets, _) in zip(values, groups):
+            seen = torch.unique(buckets)
+            biases[seen.to(biases.device)] = value[seen].to(biases.device, biases.dtype)
 
     def forward(
         self,

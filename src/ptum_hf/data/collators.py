@@ -477,6 +477,8 @@ class CTRCollator(BehaviorCollatorBase):
         """`PTUMForCTR.fit_id_biases`' arguments for `impressions` (a CTR split: columns `label`, `ad_title_id`,
         `user_index`): `labels`, and each impression's ad title id bucket (with `id_buckets`) and user id bucket (with
         `user_id_buckets`), bucketed as the batches are."""
+        if hasattr(impressions, "with_format"):  # a datasets.Dataset: its columns as arrays, not Python lists
+            impressions = impressions.with_format("numpy")
         targets = {"labels": np.asarray(impressions["label"], np.float32)}
         if self.id_buckets:
             titles = np.asarray(impressions["ad_title_id"], np.int64)

@@ -59,7 +59,7 @@ class Records:
 
     def add_run(self, key: tuple, metrics: dict, seconds: float, **extra):
         """One run's metrics under its key (`KEY_FIELDS`' values), with any further fields."""
-        self.add(key[0], {**dict(zip(KEY_FIELDS, key)), "metrics": metrics, "seconds": seconds, **extra})
+        self.add(key[0], {**dict(zip(KEY_FIELDS, key, strict=True)), "metrics": metrics, "seconds": seconds, **extra})
 
 
 KEY_FIELDS = ("experiment", "task", "dataset", "preset", "setting", "variant", "ratio", "repeat")

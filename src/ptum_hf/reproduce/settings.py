@@ -170,7 +170,7 @@ class Settings:
         return overrides
 
     @property
-    def ctr_fits_id_biases(self) -> bool:
+    def ctr_id_biases_fitted(self) -> bool:
         """Whether the CTR models' id biases (if any) start from the training clicks."""
         return self.ctr_fit_id_biases and bool(self.value("ctr_ad_id_bias") or self.value("ctr_user_id_buckets"))
 
@@ -202,7 +202,7 @@ class Settings:
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
-            (self.ctr_fits_id_biases and preset in CTR_PRESETS, "(id biases fitted)"),
+            (self.ctr_id_biases_fitted and preset in CTR_PRESETS, "(id biases fitted)"),
             ((length, batch) != (paper_length, PAPER_DEFAULTS["pretrain_batch_size"]), f"[PT {length}, batch {batch}]"),
             (
                 self.ctr_max_steps != Settings.ctr_max_steps and preset in CTR_PRESETS,
