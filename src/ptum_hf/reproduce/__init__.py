@@ -1,6 +1,6 @@
 """Reproduce the PTUM paper's experiments (Wu et al., 2020) with this library's public API.
 
-    ptum-hf reproduce --output_dir results                       # everything (about 1 h 50 min on 2 cores)
+    ptum-hf reproduce --output_dir results                       # everything (110 min on 2 cores)
     ptum-hf reproduce --quick --output_dir /tmp/r                # tiny version (a test runs it)
     ptum-hf reproduce --experiments table2 --presets hsa --ratios 0.2,1.0 --repeats 3
 
