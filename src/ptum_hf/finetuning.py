@@ -307,7 +307,7 @@ def _new_id_biases(args: FinetuneArguments, model) -> bool:
     checkpoint's own trained CTR head keeps what it learned)."""
     if args.task != "ctr" or not args.fit_id_biases:
         return False
-    wanted = {"ad_id_bias": model.ad_id_bias is not None, "user_id_buckets": model.config.user_id_buckets}
+    wanted = {name: getattr(model.config, name) for name in ("ad_id_bias", "user_id_buckets")}
     if not any(wanted.values()):
         return False
     if not _has_head(args, PTUMForCTR):

@@ -1662,26 +1662,20 @@ class PTUMForCTR(PTUMPreTrainedModel):
             raise ValueError("fit_id_biases needs at least one impression and labels of 0 or 1")
         intercept = torch.zeros((), dtype=torch.float64)
         values = [torch.zeros(biases.numel(), dtype=torch.float64) for biases, *_ in groups]
-
-        def residuals():
-            """(labels - p, p (1 - p)) at the current biases."""
-            logits = intercept.expand(labels.shape).clone()
-            for value, (_, buckets, rows) in zip(values, groups):
-                logits[rows] += value[buckets]
-            p = torch.sigmoid(logits)
-            return labels - p, p * (1 - p)
-
+        logits = torch.zeros_like(labels)  # kept up to date with every step
         for _ in range(max_rounds):
-            error, weight = residuals()
-            step = (error.sum() / weight.sum().clamp(min=1e-12)).clamp(-2, 2)  # a logit step of 2: a 7x odds ratio
+            p = torch.sigmoid(logits)
+            step = ((labels - p).sum() / (p * (1 - p)).sum().clamp(min=1e-12)).clamp(-2, 2)  # 2: a 7x odds ratio
             intercept += step
+            logits += step
             largest = step.abs()
             for value, (_, buckets, rows) in zip(values, groups):
-                error, weight = residuals()
-                gradient = torch.zeros_like(value).index_add_(0, buckets, error[rows]) - l2 * value
-                curvature = torch.zeros_like(value).index_add_(0, buckets, weight[rows]) + l2
+                p = torch.sigmoid(logits[rows])
+                gradient = torch.zeros_like(value).index_add_(0, buckets, labels[rows] - p) - l2 * value
+                curvature = torch.zeros_like(value).index_add_(0, buckets, p * (1 - p)) + l2
                 step = (gradient / curvature).clamp(-2, 2)
                 value += step
+                logits[rows] += step[buckets]
                 largest = torch.maximum(largest, step.abs().max())
             if largest <= tolerance:
                 break
