@@ -7,11 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from ptum_hf import PTUMConfig, PTUMForCTR, PTUMForDemographicClassification, PTUMModel
 from ptum_hf.data import BehaviorTokenCache, CTRCollator, load_behavior_dataset, train_behavior_tokenizer
 from ptum_hf.embedding import iter_user_embeddings, user_collator
-from ptum_hf.finetuning import FinetuneArguments, build_collator
+from ptum_hf.finetuning import ID_BIAS_L2_GRID, FinetuneArguments, build_collator
 from ptum_hf.pretraining import pretraining_collator
 from ptum_hf.processing_ptum import text_hashes
 
@@ -266,7 +267,7 @@ def test_a_new_ctr_heads_id_biases_start_from_the_training_clicks(setup, tmp_pat
         tokenizer.save_pretrained(tmp_path / name)
     overrides = json.dumps({"ad_id_bias": True, "user_id_buckets": BUCKETS})
 
-    def start(checkpoint, fit=True):
+    def start(checkpoint, fit=True, l2=1.0):
         """The CTR model as fine-tuning from `checkpoint` starts it: no step moves a bias at a learning rate of 0."""
         args = FinetuneArguments(
             task="ctr",
@@ -275,6 +276,7 @@ def test_a_new_ctr_heads_id_biases_start_from_the_training_clicks(setup, tmp_pat
             num_users=60,
             config_overrides=overrides,
             fit_id_biases=fit,
+            id_bias_l2=l2,
         )
         training_args = default_training_arguments(
             str(tmp_path / "out"), "ctr", max_steps=1, learning_rate=0.0, eval_strategy="no", save_strategy="no"
@@ -292,3 +294,45 @@ def test_a_new_ctr_heads_id_biases_start_from_the_training_clicks(setup, tmp_pat
     model.save_pretrained(tmp_path / "trained")
     tokenizer.save_pretrained(tmp_path / "trained")
     assert torch.equal(start("trained").user_id_bias, model.user_id_bias)  # a trained CTR head keeps its biases
+    # By default the penalty is the one whose identity-only model scores best on the validation impressions.
+    held = collator.id_bias_targets(data.ctr["validation"])
+    labels = held.pop("labels").numpy()
+    aucs = {}
+    for l2 in ID_BIAS_L2_GRID:
+        expected.fit_id_biases(**collator.id_bias_targets(data.ctr["train"]), l2=l2)
+        aucs[l2] = roc_auc_score(labels, expected.id_bias_logits(**held).numpy())
+    best = max(ID_BIAS_L2_GRID, key=aucs.get)
+    assert len(set(aucs.values())) > 1  # the choice matters on this data
+    expected.fit_id_biases(**collator.id_bias_targets(data.ctr["train"]), l2=best)
+    chosen = start("user model", l2=None)
+    assert torch.allclose(chosen.ad_id_bias, expected.ad_id_bias)
+    assert torch.allclose(chosen.user_id_bias, expected.user_id_bias)
+    with pytest.raises(ValueError, match="id_bias_l2 must be > 0"):
+        FinetuneArguments(task="ctr", id_bias_l2=0.0)
+
+
+def test_id_bias_logits_are_the_ctr_logits_of_identity_alone(setup):
+    data, tokenizer, config, cache = setup
+    biased = PTUMConfig(**{**config.to_dict(), "ad_id_bias": True, "user_id_buckets": BUCKETS})
+    model = PTUMForCTR(biased).eval()
+    with torch.no_grad():
+        model.ad_id_bias.normal_()
+        model.user_id_bias.normal_()
+        model.bias.fill_(0.3)
+        model.ad_projection.weight.zero_()  # the user . ad term is then 0: what is left is identity
+        model.ad_projection.bias.zero_()
+    collator = build_collator(FinetuneArguments(task="ctr"), data, tokenizer, biased, cache)
+    rows = data.ctr["train"].select(range(16))
+    batch, targets = collator(list(rows)), collator.id_bias_targets(rows)
+    targets["user_bucket_ids"][:3] = -1  # new users: no user bias, as in forward
+    batch["user_bucket_ids"][:3] = -1
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    identity = model.id_bias_logits(targets["ad_bucket_ids"], targets["user_bucket_ids"])
+    assert torch.allclose(identity, logits, atol=1e-5)
+    with pytest.raises(ValueError, match="needs user_bucket_ids"):
+        model.id_bias_logits(targets["ad_bucket_ids"])
+    with pytest.raises(ValueError, match=r"buckets in \[0, 1000\) or -1"):
+        model.id_bias_logits(targets["ad_bucket_ids"], targets["user_bucket_ids"] + BUCKETS)
+    with pytest.raises(ValueError, match="a model with id biases"):
+        PTUMForCTR(config).id_bias_logits()

@@ -25,6 +25,7 @@ from .modeling_ptum import PTUMForCTR, PTUMForDemographicClassification
 
 TASKS = ("demographics", "ctr")
 DEFAULT_LABEL_HEADS = "age,gender"  # the demographics of the built-in sources
+ID_BIAS_L2_GRID = (30.0, 10.0, 3.0, 1.0, 1 / 3)  # 1 / C for the C the LR-on-one-hots baseline tries
 logger = logging.getLogger(__name__)
 
 
@@ -99,6 +100,13 @@ class FinetuneArguments:
             "starts them at 0."
         },
     )
+    id_bias_l2: float | None = field(
+        default=None,
+        metadata={
+            "help": "The L2 penalty (1 / C) of that logistic regression; default: chosen on the validation "
+            f"impressions by AUC among {', '.join(f'{v:g}' for v in ID_BIAS_L2_GRID)} (LR on one-hots' C grid)."
+        },
+    )
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -117,6 +125,8 @@ class FinetuneArguments:
             raise ValueError("user_model_learning_rate has no effect with freeze_user_model (the user model is fixed)")
         if self.labels is not None and self.task != "demographics":
             raise ValueError(f"labels is for the demographics task (a table of user labels), not {self.task!r}")
+        if self.id_bias_l2 is not None and not self.id_bias_l2 > 0:
+            raise ValueError(f"id_bias_l2 must be > 0 or None (chosen on validation); got {self.id_bias_l2}")
         if self.label_heads is not None and not self.head_names:
             raise ValueError(f"label_heads must name at least one label column, got {self.label_heads!r}")
 
@@ -316,6 +326,30 @@ def _new_id_biases(args: FinetuneArguments, model) -> bool:
     return any(value and getattr(trained, name) != value for name, value in wanted.items())
 
 
+def fit_id_biases(model, collator, train, validation, l2: float | None = None) -> float:
+    """Start the CTR model's id biases at the logistic regression of `train`'s clicks on identity
+    (`PTUMForCTR.fit_id_biases`), its L2 penalty `l2` or, when None, the one of `ID_BIAS_L2_GRID` whose popularity
+    model scores the highest AUC on `validation` (the first on a tie). Returns the penalty used."""
+    from sklearn.metrics import roc_auc_score
+
+    targets = collator.id_bias_targets(train)
+    if l2 is not None:
+        model.fit_id_biases(**targets, l2=l2)
+        return l2
+    held = collator.id_bias_targets(validation)
+    labels = held.pop("labels").numpy()
+    best = None
+    for value in ID_BIAS_L2_GRID:
+        model.fit_id_biases(**targets, l2=value)
+        score = roc_auc_score(labels, model.id_bias_logits(**held).numpy()) if len(np.unique(labels)) > 1 else 0.0
+        if best is None or score > best[0]:
+            best = (score, value)
+    if best[1] != ID_BIAS_L2_GRID[-1]:
+        model.fit_id_biases(**targets, l2=best[1])
+    logger.info("id biases fitted with l2 %g (validation AUC of identity alone %.4f)", best[1], best[0])
+    return best[1]
+
+
 def task_splits(data, args: FinetuneArguments):
     """(train, validation, test) of the task: users for demographics, impressions for CTR."""
     if args.task == "demographics":
@@ -449,7 +483,7 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
     validation = eval_subset(validation, args.max_eval_samples, args.split_seed)
     collator = build_collator(args, data, tokenizer, model.config, token_cache)
     if _new_id_biases(args, model):
-        model.fit_id_biases(**collator.id_bias_targets(train))
+        fit_id_biases(model, collator, train, validation, args.id_bias_l2)
     compute_metrics = (
         make_demographics_compute_metrics(model.config.label_heads)
         if args.task == "demographics"

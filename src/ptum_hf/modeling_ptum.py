@@ -1684,6 +1684,37 @@ class PTUMForCTR(PTUMPreTrainedModel):
             seen = torch.unique(buckets)
             biases[seen.to(biases.device)] = value[seen].to(biases.device, biases.dtype)
 
+    @torch.no_grad()
+    def id_bias_logits(
+        self, ad_bucket_ids: torch.LongTensor | None = None, user_bucket_ids: torch.LongTensor | None = None
+    ) -> torch.Tensor:
+        """(N,) the logits of identity alone, as `fit_id_biases` fits them: `bias` plus each impression's ad and user
+        id bias (0 for a bucket of -1), on CPU in float32; scores that popularity model on held-out impressions.
+
+        Args:
+            ad_bucket_ids (`torch.LongTensor` of shape `(N,)`, *optional*): needed with `config.ad_id_bias`.
+            user_bucket_ids (`torch.LongTensor` of shape `(N,)`, *optional*): needed with `config.user_id_buckets`.
+        """
+        logits = None
+        for name, biases, buckets in (
+            ("ad_bucket_ids", self.ad_id_bias, ad_bucket_ids),
+            ("user_bucket_ids", self.user_id_bias, user_bucket_ids),
+        ):
+            if biases is None:
+                continue
+            if buckets is None:
+                raise ValueError(f"id_bias_logits needs {name} for this model's id bias")
+            buckets = buckets.detach().to("cpu", torch.long).view(-1)
+            if buckets.numel() and (int(buckets.min()) < -1 or int(buckets.max()) >= biases.numel()):
+                raise ValueError(f"{name} must hold buckets in [0, {biases.numel()}) or -1")
+            part = biases.detach().to("cpu", torch.float32)[buckets.clamp(min=0)] * (buckets >= 0)
+            if logits is not None and part.shape != logits.shape:
+                raise ValueError("ad_bucket_ids and user_bucket_ids must have the same length")
+            logits = part if logits is None else logits + part
+        if logits is None:
+            raise ValueError("id_bias_logits needs a model with id biases (config.ad_id_bias or user_id_buckets)")
+        return logits + self.bias.detach().to("cpu", torch.float32)
+
     def forward(
         self,
         behavior_input_ids: torch.LongTensor | None = None,

@@ -117,6 +117,7 @@ class Settings:
     ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
     ctr_fit_id_biases: bool = True  # FinetuneArguments.fit_id_biases: id biases start from the training clicks
+    ctr_id_bias_l2: float | None = None  # FinetuneArguments.id_bias_l2 (None: chosen on the validation impressions)
     measured_defaults: bool = True  # MEASURED_DEFAULTS for the fields left unset
     cell: tuple | None = None  # (task, dataset) once resolved by `for_cell`
     variants: tuple = tuple(VARIANTS)  # of table2, table3, scale, probe... (the others run what they need)
@@ -203,6 +204,10 @@ class Settings:
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
             (self.ctr_id_biases_fitted and preset in CTR_PRESETS, "(id biases fitted)"),
+            (
+                self.ctr_id_biases_fitted and self.ctr_id_bias_l2 is not None and preset in CTR_PRESETS,
+                f"(id bias l2 {self.ctr_id_bias_l2:g})",
+            ),
             ((length, batch) != (paper_length, PAPER_DEFAULTS["pretrain_batch_size"]), f"[PT {length}, batch {batch}]"),
             (
                 self.ctr_max_steps != Settings.ctr_max_steps and preset in CTR_PRESETS,
@@ -351,6 +356,13 @@ def parse_args(argv=None):
         "(FinetuneArguments.fit_id_biases; default: on); --no-ctr_fit_id_biases: at 0.",
     )
     parser.add_argument(
+        "--ctr_id_bias_l2",
+        type=float,
+        default=None,
+        help="The L2 penalty of that logistic regression (FinetuneArguments.id_bias_l2; default: chosen on the "
+        "validation impressions).",
+    )
+    parser.add_argument(
         "--ctr_user_id_buckets",
         type=int,
         default=None,
@@ -487,6 +499,7 @@ def build_settings(args) -> Settings:
         "ctr_ad_id_bias",
         "ctr_user_id_buckets",
         "ctr_fit_id_biases",
+        "ctr_id_bias_l2",
         "measured_defaults",
         "user_model_learning_rate",
         "learning_rate",
@@ -507,6 +520,8 @@ def build_settings(args) -> Settings:
             "pretrain_batch_size and pretrain_epochs must be >= 1; got "
             f"{settings.value('pretrain_batch_size')}, {settings.value('pretrain_epochs')}"
         )
+    if settings.ctr_id_bias_l2 is not None and not settings.ctr_id_bias_l2 > 0:
+        raise SystemExit(f"ctr_id_bias_l2 must be > 0; got {settings.ctr_id_bias_l2}")
     if not settings.pretrain_learning_rate > 0:
         raise SystemExit(f"pretrain_learning_rate must be > 0; got {settings.pretrain_learning_rate}")
     if min(settings.repeats, settings.ctr_repeats, settings.sweep_repeats, settings.linear_repeats) < 1:

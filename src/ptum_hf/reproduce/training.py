@@ -158,6 +158,7 @@ def finetune_run(
         if s.ctr_head:
             overrides["config_overrides"] = json.dumps(s.ctr_head)
         overrides["fit_id_biases"] = s.ctr_fit_id_biases  # explicit, as above
+        overrides["id_bias_l2"] = s.ctr_id_bias_l2
     args = FinetuneArguments(
         task=task,
         model_name_or_path=str(model_dir),
