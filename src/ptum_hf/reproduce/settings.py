@@ -206,7 +206,7 @@ class Settings:
             (self.ctr_id_biases_fitted and preset in CTR_PRESETS, "(id biases fitted)"),
             (
                 self.ctr_id_biases_fitted and self.ctr_id_bias_l2 is not None and preset in CTR_PRESETS,
-                f"(id bias l2 {self.ctr_id_bias_l2:g})",
+                f"(id bias l2 {self.ctr_id_bias_l2:g})" if self.ctr_id_bias_l2 else "",
             ),
             ((length, batch) != (paper_length, PAPER_DEFAULTS["pretrain_batch_size"]), f"[PT {length}, batch {batch}]"),
             (
