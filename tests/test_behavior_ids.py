@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 from ptum_hf import PTUMConfig, PTUMForCTR, PTUMForDemographicClassification, PTUMModel
 from ptum_hf.data import BehaviorTokenCache, CTRCollator, load_behavior_dataset, train_behavior_tokenizer
 from ptum_hf.embedding import iter_user_embeddings, user_collator
-from ptum_hf.finetuning import ID_BIAS_L2_GRID, FinetuneArguments, build_collator
+from ptum_hf.finetuning import FinetuneArguments, build_collator
+from ptum_hf.head_fitting import ID_BIAS_L2_GRID
 from ptum_hf.pretraining import pretraining_collator
 from ptum_hf.processing_ptum import text_hashes
 

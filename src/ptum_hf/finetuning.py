@@ -20,12 +20,12 @@ from .configuration_ptum import PRESETS, PTUMConfig
 from .data import load_behavior_data, load_tokenizer, read_behavior_log
 from .data.sources import ALIASES, SOURCES
 from .data.splits import ctr_splits, demographics_splits, eval_subset
+from .head_fitting import ID_BIAS_L2_GRID, fit_classifier, fit_id_biases
 from .locking import output_lock
 from .modeling_ptum import PTUMForCTR, PTUMForDemographicClassification
 
 TASKS = ("demographics", "ctr")
 DEFAULT_LABEL_HEADS = "age,gender"  # the demographics of the built-in sources
-ID_BIAS_L2_GRID = (30.0, 10.0, 3.0, 1.0, 1 / 3)  # 1 / C for the C the LR-on-one-hots baseline tries
 logger = logging.getLogger(__name__)
 
 
@@ -98,6 +98,14 @@ class FinetuneArguments:
             "them (and the global bias) at a logistic regression of the training clicks on ad and user identity "
             "(PTUMForCTR.fit_id_biases), a popularity model for the user model to add to; --no_fit_id_biases "
             "starts them at 0."
+        },
+    )
+    fit_head: bool = field(
+        default=False,
+        metadata={
+            "help": "A new demographic head starts at a logistic regression of the training users' vectors from the "
+            "user model as loaded (a linear probe, C chosen on the validation users), and fine-tuning goes on from "
+            "there (LP-FT); a checkpoint's own demographic head is kept."
         },
     )
     id_bias_l2: float | None = field(
@@ -326,30 +334,6 @@ def _new_id_biases(args: FinetuneArguments, model) -> bool:
     return any(value and getattr(trained, name) != value for name, value in wanted.items())
 
 
-def fit_id_biases(model, collator, train, validation, l2: float | None = None) -> float:
-    """Start the CTR model's id biases at the logistic regression of `train`'s clicks on identity
-    (`PTUMForCTR.fit_id_biases`), its L2 penalty `l2` or, when None, the one of `ID_BIAS_L2_GRID` whose popularity
-    model scores the highest AUC on `validation` (the first on a tie). Returns the penalty used."""
-    from sklearn.metrics import roc_auc_score
-
-    targets = collator.id_bias_targets(train)
-    if l2 is not None:
-        model.fit_id_biases(**targets, l2=l2)
-        return l2
-    held = collator.id_bias_targets(validation)
-    labels = held.pop("labels").numpy()
-    best = None
-    for value in ID_BIAS_L2_GRID:
-        model.fit_id_biases(**targets, l2=value)
-        score = roc_auc_score(labels, model.id_bias_logits(**held).numpy()) if len(np.unique(labels)) > 1 else 0.0
-        if best is None or score > best[0]:
-            best = (score, value)
-    if best[1] != ID_BIAS_L2_GRID[-1]:
-        model.fit_id_biases(**targets, l2=best[1])
-    logger.info("id biases fitted with l2 %g (validation AUC of identity alone %.4f)", best[1], best[0])
-    return best[1]
-
-
 def task_splits(data, args: FinetuneArguments):
     """(train, validation, test) of the task: users for demographics, impressions for CTR."""
     if args.task == "demographics":
@@ -484,6 +468,8 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
     collator = build_collator(args, data, tokenizer, model.config, token_cache)
     if _new_id_biases(args, model):
         fit_id_biases(model, collator, train, validation, args.id_bias_l2)
+    if args.task == "demographics" and args.fit_head and not _has_head(args, PTUMForDemographicClassification):
+        fit_classifier(model, collator, train, validation)
     compute_metrics = (
         make_demographics_compute_metrics(model.config.label_heads)
         if args.task == "demographics"

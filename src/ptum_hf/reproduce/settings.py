@@ -113,6 +113,7 @@ class Settings:
     max_behaviors: int | None = None  # None: the size's own
     config_overrides: dict = field(default_factory=dict)  # PTUMConfig fields over the size's (e.g. the objective)
     classifier_layer_norm: bool = True
+    fit_head: bool = False  # FinetuneArguments.fit_head: demographic heads start at a linear probe (LP-FT)
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
@@ -200,6 +201,7 @@ class Settings:
             (self.behavior_tokens == "item", "(item ids)"),
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
+            (self.fit_head and preset in DEMOGRAPHIC_PRESETS, "(head fitted)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
@@ -334,6 +336,13 @@ def parse_args(argv=None):
         action=argparse.BooleanOptionalAction,
         default=None,
         help="LayerNorm on the user vector before the demographic classifier (PTUMConfig).",
+    )
+    parser.add_argument(
+        "--fit_head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Demographic heads start at a logistic regression of the user vectors before fine-tuning "
+        "(FinetuneArguments.fit_head, LP-FT).",
     )
     parser.add_argument(
         "--ctr_ad_prior",
@@ -495,6 +504,7 @@ def build_settings(args) -> Settings:
         "tag",
         "max_behaviors",
         "classifier_layer_norm",
+        "fit_head",
         "ctr_ad_prior",
         "ctr_ad_id_bias",
         "ctr_user_id_buckets",
