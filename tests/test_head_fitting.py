@@ -64,9 +64,8 @@ def test_fine_tuning_starts_a_new_head_at_the_probe_and_keeps_a_trained_one(setu
     def start(checkpoint, fit_head=True):
         """The model as fine-tuning from `checkpoint` starts it: no step moves a weight at a learning rate of 0."""
         args = FinetuneArguments(model_name_or_path=str(tmp_path / checkpoint), num_users=160, fit_head=fit_head)
-        training_args = default_training_arguments(
-            str(tmp_path / "out"), "demographics", max_steps=1, learning_rate=0.0, eval_strategy="no", save_strategy="no"
-        )
+        no_steps = dict(max_steps=1, learning_rate=0.0, eval_strategy="no", save_strategy="no")
+        training_args = default_training_arguments(str(tmp_path / "out"), "demographics", **no_steps)
         return finetune(args, training_args, data=data, tokenizer=tokenizer)[0].model
 
     fitted = start("user")
