@@ -101,11 +101,11 @@ class FinetuneArguments:
         },
     )
     fit_head: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "A new demographic head starts at a logistic regression of the training users' vectors from the "
             "user model as loaded (a linear probe, C chosen on the validation users), and fine-tuning goes on from "
-            "there (LP-FT); a checkpoint's own demographic head is kept."
+            "there (LP-FT); a checkpoint's own demographic head is kept; --no_fit_head starts it at random."
         },
     )
     id_bias_l2: float | None = field(

@@ -23,14 +23,21 @@ DEFAULT_USER_LR = 1e-3
 # (results/studies/ctr_ids.md). A value given on the command line wins; `--no-measured_defaults` runs the paper's
 # everywhere. The ablation, lambda and K study the paper's objective: they always run the paper's.
 MEASURED_DEFAULTS = {
-    ("demographics", MOVIELENS): dict(recipe="items", pretrain_epochs=300, pretrain_batch_size=128, max_behaviors=800),
+    ("demographics", MOVIELENS): dict(
+        recipe="items", pretrain_epochs=300, pretrain_batch_size=128, max_behaviors=800, fit_head=True
+    ),
     ("ctr", MOVIELENS): dict(
         config_overrides={"behavior_id_buckets": 65536}, ctr_ad_id_bias=True, ctr_user_id_buckets=65536
     ),
 }
 # What a field left unset (None) means where no measured default applies.
 PAPER_DEFAULTS = dict(
-    recipe="paper", pretrain_epochs=10, pretrain_batch_size=32, ctr_ad_id_bias=False, ctr_user_id_buckets=0
+    recipe="paper",
+    pretrain_epochs=10,
+    pretrain_batch_size=32,
+    ctr_ad_id_bias=False,
+    ctr_user_id_buckets=0,
+    fit_head=False,
 )
 
 # name: (FinetuneArguments overrides, learning rate). A new head needs large steps, the pre-trained user model small
@@ -113,7 +120,7 @@ class Settings:
     max_behaviors: int | None = None  # None: the size's own
     config_overrides: dict = field(default_factory=dict)  # PTUMConfig fields over the size's (e.g. the objective)
     classifier_layer_norm: bool = True
-    fit_head: bool = False  # FinetuneArguments.fit_head: demographic heads start at a linear probe (LP-FT)
+    fit_head: bool | None = None  # FinetuneArguments.fit_head: demographic heads start at a linear probe (LP-FT)
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
@@ -201,7 +208,7 @@ class Settings:
             (self.behavior_tokens == "item", "(item ids)"),
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
-            (self.fit_head and preset in DEMOGRAPHIC_PRESETS, "(head fitted)"),
+            (self.value("fit_head") and preset in DEMOGRAPHIC_PRESETS, "(head fitted)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),

@@ -153,7 +153,7 @@ def finetune_run(
     overrides, learning_rate = variant_recipe(variant, s.learning_rate, s.user_model_learning_rate)
     if task == "demographics":  # passed explicitly: a record must not change meaning with a library default
         overrides["classifier_layer_norm"] = s.classifier_layer_norm
-        overrides["fit_head"] = s.fit_head
+        overrides["fit_head"] = s.value("fit_head")
     if task == "ctr":
         overrides["max_eval_samples"] = s.ctr_eval_samples
         if s.ctr_head:
