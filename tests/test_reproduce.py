@@ -279,6 +279,10 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     assert settings.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias 4096) (id biases fitted)"
     unfitted = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--no-ctr_fit_id_biases"]))
     assert unfitted.model_label("gru4rec") == "gru4rec (user id bias 4096)"
+    fixed = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--ctr_id_bias_l2", "1"]))
+    assert fixed.model_label("gru4rec") == "gru4rec (user id bias 4096) (id biases fitted) (id bias l2 1)"
+    with pytest.raises(SystemExit, match="ctr_id_bias_l2 must be > 0"):
+        build_settings(parse_args(["--ctr_id_bias_l2", "0"]))
     for bad in ("-1", "10000001"):
         with pytest.raises(SystemExit, match=r"ctr_user_id_buckets must be in \[0, 10000000\]"):
             build_settings(parse_args(["--ctr_user_id_buckets", bad]))
@@ -291,7 +295,8 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
     assert {name: getattr(demographics, name) for name in wanted} == wanted
     assert demographics.model_overrides["use_bag"] and demographics.history_length == wanted["max_behaviors"]
     assert demographics.model_label("hsa") == (
-        "hsa [items recipe: bag prediction, ids, attention pooling] [800 behaviors] [PT 300 epochs, batch 128]"
+        "hsa [items recipe: bag prediction, ids, attention pooling] [800 behaviors] (head fitted) "
+        "[PT 300 epochs, batch 128]"
     )
     ctr = settings.for_cell("ctr", MOVIELENS)
     assert ctr.model_overrides["behavior_id_buckets"] == 65536 and not ctr.model_overrides.get("use_bag")
@@ -307,11 +312,15 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
         assert (paper.recipe, paper.pretrain_epochs, paper.pretrain_batch_size) == ("paper", 10, 32)
         assert (paper.ctr_ad_id_bias, paper.ctr_user_id_buckets, paper.config_overrides) == (False, 0, {})
         assert paper.model_label("hsa") == "hsa" and paper.model_label("gru4rec") == "gru4rec"
+        assert paper.fit_head is False
     # The command line wins field by field; its config overrides win over the measured ones.
     given = ["--pretrain_epochs", "50", "--no-ctr_ad_id_bias", "--config_overrides", '{"behavior_id_buckets": 1024}']
     settings = build_settings(parse_args(given))
     demographics, ctr = settings.for_cell("demographics", MOVIELENS), settings.for_cell("ctr", MOVIELENS)
     assert (demographics.recipe, demographics.pretrain_epochs, demographics.pretrain_batch_size) == ("items", 50, 128)
+    unfitted = build_settings(parse_args(["--no-fit_head"])).for_cell("demographics", MOVIELENS)
+    assert unfitted.fit_head is False and "(head fitted)" not in unfitted.model_label("hsa")
+    assert "(head fitted)" in build_settings(parse_args(["--fit_head"])).model_label("hsa")
     assert ctr.model_overrides["behavior_id_buckets"] == 1024 and not ctr.ctr_ad_id_bias
     assert ctr.pretrain_epochs == 50 and ctr.ctr_user_id_buckets == 65536
     # Another recipe given replaces a measured one with the length and history chosen for it; the same one keeps them.
