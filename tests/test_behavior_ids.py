@@ -288,7 +288,7 @@ def test_a_new_ctr_heads_id_biases_start_from_the_training_clicks(setup, tmp_pat
         model = start(checkpoint)
         assert torch.allclose(model.ad_id_bias, expected.ad_id_bias) and model.ad_id_bias.any()
         assert torch.allclose(model.user_id_bias, expected.user_id_bias) and model.bias == expected.bias
-    unfitted = start("user model", fit=False)
+    unfitted = start("user model", fit=False, l2=None)
     assert not unfitted.ad_id_bias.any() and not unfitted.user_id_bias.any()
     with torch.no_grad():
         model.user_id_bias.add_(1.0)  # as a trained head's would differ from a fresh fit
@@ -308,8 +308,12 @@ def test_a_new_ctr_heads_id_biases_start_from_the_training_clicks(setup, tmp_pat
     chosen = start("user model", l2=None)
     assert torch.allclose(chosen.ad_id_bias, expected.ad_id_bias)
     assert torch.allclose(chosen.user_id_bias, expected.user_id_bias)
-    with pytest.raises(ValueError, match="id_bias_l2 must be > 0"):
-        FinetuneArguments(task="ctr", id_bias_l2=0.0)
+    for bad in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="id_bias_l2 must be a finite number > 0"):
+            FinetuneArguments(task="ctr", id_bias_l2=bad)
+    for pointless in (dict(task="demographics"), dict(task="ctr", fit_id_biases=False)):
+        with pytest.raises(ValueError, match="id_bias_l2 has no effect"):
+            FinetuneArguments(id_bias_l2=1.0, **pointless)
 
 
 def test_id_bias_logits_are_the_ctr_logits_of_identity_alone(setup):

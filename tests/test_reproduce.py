@@ -281,8 +281,10 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     assert unfitted.model_label("gru4rec") == "gru4rec (user id bias 4096)"
     fixed = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--ctr_id_bias_l2", "1"]))
     assert fixed.model_label("gru4rec") == "gru4rec (user id bias 4096) (id biases fitted) (id bias l2 1)"
-    with pytest.raises(SystemExit, match="ctr_id_bias_l2 must be > 0"):
+    with pytest.raises(SystemExit, match="ctr_id_bias_l2 must be a finite number > 0"):
         build_settings(parse_args(["--ctr_id_bias_l2", "0"]))
+    with pytest.raises(SystemExit, match="ctr_id_bias_l2 has no effect"):
+        build_settings(parse_args(["--ctr_id_bias_l2", "1", "--no-ctr_fit_id_biases"]))
     for bad in ("-1", "10000001"):
         with pytest.raises(SystemExit, match=r"ctr_user_id_buckets must be in \[0, 10000000\]"):
             build_settings(parse_args(["--ctr_user_id_buckets", bad]))
@@ -325,7 +327,7 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
     assert ctr.pretrain_epochs == 50 and ctr.ctr_user_id_buckets == 65536
     # Another recipe given replaces a measured one with the length and history chosen for it; the same one keeps them.
     recipe = build_settings(parse_args(["--recipe", "paper"])).for_cell("demographics", MOVIELENS)
-    assert recipe.model_label("hsa") == "hsa" and recipe.history_length == 50
+    assert recipe.model_label("hsa") == "hsa (head fitted)" and recipe.history_length == 50  # the head is not the recipe
     same = build_settings(parse_args(["--recipe", "items"])).for_cell("demographics", MOVIELENS)
     assert same.model_label("hsa") == build_settings(parse_args([])).for_cell("demographics", MOVIELENS).model_label(
         "hsa"
@@ -356,6 +358,11 @@ def test_planned_jobs_run_under_their_cells_settings(tmp_path, monkeypatch):
         by_kind.setdefault((job.experiment, job.function.__name__), []).append(job)
     (table2_pretraining,) = by_kind[("table2", "pretrain_run")]  # the probe shares table2's pre-training
     assert ("probe", "pretrain_run") not in by_kind and by_kind[("probe", "probe_run")][0].after is table2_pretraining
+    # The probe is named by its pre-training: table2's fine-tuning marks (a fitted head) are not the probe's.
+    by_kind[("probe", "probe_run")][0].done([(("probe_ptum", 0.2, 0), {"accuracy": 0.5})], 0.0)
+    ((probe,),) = [ctx.records.load("probe")]
+    (table2_label,) = {job.settings.model_label("hsa") for job in by_kind[("table2", "finetune_run")]}
+    assert probe["preset"] == table2_label.replace(" (head fitted)", "") != table2_label
     _, identity = table2_pretraining.args
     assert identity["overrides"]["use_bag"] and (identity["epochs"], identity["batch"]) == (300, 128)
     assert all(job.settings.recipe == "items" for job in by_kind[("table2", "finetune_run")])

@@ -9,6 +9,7 @@ ptum-hf finetune demographics --dataset logs.csv --labels labels.csv --model_nam
 import contextlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,19 +101,19 @@ class FinetuneArguments:
             "starts them at 0."
         },
     )
+    id_bias_l2: float | None = field(
+        default=None,
+        metadata={
+            "help": "The L2 penalty (about 1 / C) of the id biases' logistic regression (--fit_id_biases); default: "
+            f"chosen on the validation impressions by AUC among {', '.join(f'{v:.3g}' for v in ID_BIAS_L2_GRID)}."
+        },
+    )
     fit_head: bool = field(
         default=True,
         metadata={
             "help": "A new demographic head starts at a logistic regression of the training users' vectors from the "
             "user model as loaded (a linear probe, C chosen on the validation users), and fine-tuning goes on from "
             "there (LP-FT); a checkpoint's own demographic head is kept; --no_fit_head starts it at random."
-        },
-    )
-    id_bias_l2: float | None = field(
-        default=None,
-        metadata={
-            "help": "The L2 penalty (1 / C) of that logistic regression; default: chosen on the validation "
-            f"impressions by AUC among {', '.join(f'{v:g}' for v in ID_BIAS_L2_GRID)} (LR on one-hots' C grid)."
         },
     )
 
@@ -133,8 +134,13 @@ class FinetuneArguments:
             raise ValueError("user_model_learning_rate has no effect with freeze_user_model (the user model is fixed)")
         if self.labels is not None and self.task != "demographics":
             raise ValueError(f"labels is for the demographics task (a table of user labels), not {self.task!r}")
-        if self.id_bias_l2 is not None and not self.id_bias_l2 > 0:
-            raise ValueError(f"id_bias_l2 must be > 0 or None (chosen on validation); got {self.id_bias_l2}")
+        if self.id_bias_l2 is not None:
+            if not (math.isfinite(self.id_bias_l2) and self.id_bias_l2 > 0):
+                raise ValueError(f"id_bias_l2 must be a finite number > 0, or None; got {self.id_bias_l2}")
+            if self.task != "ctr" or not self.fit_id_biases:
+                raise ValueError(
+                    "id_bias_l2 has no effect without fit_id_biases on the ctr task (no biases are fitted)"
+                )
         if self.label_heads is not None and not self.head_names:
             raise ValueError(f"label_heads must name at least one label column, got {self.label_heads!r}")
 
@@ -469,7 +475,8 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
     if _new_id_biases(args, model):
         fit_id_biases(model, collator, train, validation, args.id_bias_l2)
     if args.task == "demographics" and args.fit_head and not _has_head(args, PTUMForDemographicClassification):
-        fit_classifier(model, collator, train, validation)
+        # On the device the Trainer will use: the fit reads every training and validation user once.
+        fit_classifier(model.to(training_args.device), collator, train, validation, training_args.eval_batch_size)
     compute_metrics = (
         make_demographics_compute_metrics(model.config.label_heads)
         if args.task == "demographics"

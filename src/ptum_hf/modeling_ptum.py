@@ -1328,6 +1328,19 @@ def _check_token_ids(input_ids: torch.Tensor, vocab_size: int):
         )
 
 
+def _check_buckets(buckets: torch.Tensor, count: int, name: str):
+    """Id buckets must be in [0, count), or -1 for an id scored as new."""
+    if buckets.numel():
+        low, high = int(buckets.min()), int(buckets.max())
+        if low < -1 or high >= count:
+            raise ValueError(f"{name} must hold buckets in [0, {count}) or -1; got [{low}, {high}]")
+
+
+def _bucket_bias(biases: torch.Tensor, buckets: torch.LongTensor) -> torch.Tensor:
+    """Each bucket's bias; 0 for a bucket of -1."""
+    return biases[buckets.clamp(min=0)] * (buckets >= 0)
+
+
 def _check_indices(indices: torch.Tensor, num_behaviors: int, name: str):
     if _is_exporting():  # a value check, as in `_check_token_ids`
         return
@@ -1595,7 +1608,7 @@ class PTUMForCTR(PTUMPreTrainedModel):
         if behavior_bucket_ids is None:
             raise ValueError("ad_id_bias needs behavior_bucket_ids (the collators give them with behavior_id_buckets)")
         buckets = behavior_bucket_ids[ad_title_indices]
-        return self.ad_id_bias[buckets.clamp(min=0)] * (buckets >= 0)
+        return _bucket_bias(self.ad_id_bias, buckets)
 
     def user_bias(self, user_bucket_ids: torch.LongTensor | None, batch_size: int):
         """(B,) each user's learned bias (`config.user_id_buckets`); 0 for a bucket of -1 (a user scored as new)."""
@@ -1606,12 +1619,9 @@ class PTUMForCTR(PTUMPreTrainedModel):
             )
         if user_bucket_ids.shape != (batch_size,):
             raise ValueError(f"user_bucket_ids must have shape ({batch_size},), got {tuple(user_bucket_ids.shape)}")
-        buckets = self.config.user_id_buckets
-        if user_bucket_ids.numel() and not _is_exporting():  # a value check, as in `_check_token_ids`
-            low, high = int(user_bucket_ids.min()), int(user_bucket_ids.max())
-            if low < -1 or high >= buckets:
-                raise ValueError(f"user_bucket_ids must hold buckets in [0, {buckets}) or -1; got [{low}, {high}]")
-        return self.user_id_bias[user_bucket_ids.clamp(min=0)] * (user_bucket_ids >= 0)
+        if not _is_exporting():  # a value check, as in `_check_token_ids`
+            _check_buckets(user_bucket_ids, self.config.user_id_buckets, "user_bucket_ids")
+        return _bucket_bias(self.user_id_bias, user_bucket_ids)
 
     @torch.no_grad()
     def fit_id_biases(
@@ -1654,8 +1664,7 @@ class PTUMForCTR(PTUMPreTrainedModel):
                 continue
             if buckets is None or buckets.shape != labels.shape:
                 raise ValueError(f"fit_id_biases needs {name} of shape {tuple(labels.shape)} for this model's id bias")
-            if buckets.numel() and (int(buckets.min()) < -1 or int(buckets.max()) >= biases.numel()):
-                raise ValueError(f"{name} must hold buckets in [0, {biases.numel()}) or -1")
+            _check_buckets(buckets, biases.numel(), name)
             buckets = buckets.detach().to("cpu", torch.long)
             groups.append((biases, buckets[buckets >= 0], (buckets >= 0).nonzero().squeeze(-1)))
         if not labels.numel() or bool(((labels != 0) & (labels != 1)).any()):
@@ -1705,9 +1714,8 @@ class PTUMForCTR(PTUMPreTrainedModel):
             if buckets is None:
                 raise ValueError(f"id_bias_logits needs {name} for this model's id bias")
             buckets = buckets.detach().to("cpu", torch.long).view(-1)
-            if buckets.numel() and (int(buckets.min()) < -1 or int(buckets.max()) >= biases.numel()):
-                raise ValueError(f"{name} must hold buckets in [0, {biases.numel()}) or -1")
-            part = biases.detach().to("cpu", torch.float32)[buckets.clamp(min=0)] * (buckets >= 0)
+            _check_buckets(buckets, biases.numel(), name)
+            part = _bucket_bias(biases.detach().to("cpu", torch.float32), buckets)
             if logits is not None and part.shape != logits.shape:
                 raise ValueError("ad_bucket_ids and user_bucket_ids must have the same length")
             logits = part if logits is None else logits + part

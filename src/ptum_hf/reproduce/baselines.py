@@ -93,6 +93,8 @@ def fit_heads(options: dict, train, validation, test) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+    from ..head_fitting import HEAD_C_GRID  # one grid for the baselines, the probe and a fitted head
+
     out = {"majority": {}, **{variant: {} for variant in options}}
     for head in DEMOGRAPHIC_HEADS:
         y_train, y_val, y_test = (np.asarray(p[head], dtype=float) for p in (train, validation, test))
@@ -112,7 +114,7 @@ def fit_heads(options: dict, train, validation, test) -> dict:
                 out[variant].update({k: v for k, v in out["majority"].items() if k.startswith(head)})
                 continue
             for choice, (x_train, x_val, x_test) in choices:
-                for c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0):  # C (and the option) chosen on the validation users
+                for c in HEAD_C_GRID:  # C (and the option) chosen on the validation users
                     model = LogisticRegression(C=c, max_iter=2000, class_weight=None)
                     model.fit(x_train[keep_train], y_train)
                     score = f1_score(y_val, model.predict(x_val[keep_val]), average="macro")
@@ -167,6 +169,8 @@ def ctr_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, only=No
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score, roc_auc_score
 
+    from ..head_fitting import CTR_C_GRID
+
     name = ctx.data_name(dataset)
     data = ctx.data(name)
     history = ctx.settings.history_length
@@ -209,7 +213,7 @@ def ctr_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, only=No
     best = None
     x_tr, x_va, x_te = features(u_tr, i_tr), features(u_va, i_va), features(u_te, i_te)
     if len(np.unique(y_tr)) > 1:
-        for c in (0.03, 0.1, 0.3, 1.0, 3.0):
+        for c in CTR_C_GRID:
             model = LogisticRegression(C=c, max_iter=2000).fit(x_tr, y_tr)
             score = scores(y_va, model.decision_function(x_va))["auc"]
             if best is None or (not math.isnan(score) and score > best[0]):
@@ -231,6 +235,8 @@ def mf_scores(data, train, validation, test, one_hots, scores) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
+    from ..head_fitting import CTR_C_GRID
+
     vectorizer = TfidfVectorizer(token_pattern=r"\S+", sublinear_tf=True, min_df=1)
     matrix = vectorizer.fit_transform([" ".join(f"i{b}" for b in ids) for ids in data.users["behavior_ids"]])
     column = np.array([vectorizer.vocabulary_.get(f"i{b}", -1) for b in range(len(data.behaviors))])
@@ -247,7 +253,7 @@ def mf_scores(data, train, validation, test, one_hots, scores) -> dict:
             return sp.hstack([one_hots(u, i), sp.csr_matrix(users[u] * items[i])]).tocsr()
 
         x_tr, x_va = features(u_tr, i_tr), features(u_va, i_va)
-        for c in (0.03, 0.1, 0.3, 1.0, 3.0):
+        for c in CTR_C_GRID:
             model = LogisticRegression(C=c, max_iter=2000).fit(x_tr, y_tr)
             score = scores(y_va, model.decision_function(x_va))["auc"]
             if best is None or (not math.isnan(score) and score > best[0]):

@@ -3,6 +3,7 @@ of the records already written; `run_jobs` runs them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .baselines import PROBE_SETTING, ctr_baselines, demographic_baselines, probe_scores, user_vectors
@@ -259,7 +260,7 @@ def run_probe(ctx: Context):
     dataset = ctx.data_name(MOVIELENS)
     ctx = ctx.for_cell("demographics", dataset)  # the vectors of table2's HSA pre-training
     s = ctx.settings
-    label = s.model_label("hsa")
+    label = replace(s, fit_head=False).model_label("hsa")  # the probe fits its own LR: no fine-tuning mark
     done = ctx.records.done("probe")
     todo = [
         (v, r, k)
