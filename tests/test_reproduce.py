@@ -327,7 +327,8 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
     assert ctr.pretrain_epochs == 50 and ctr.ctr_user_id_buckets == 65536
     # Another recipe given replaces a measured one with the length and history chosen for it; the same one keeps them.
     recipe = build_settings(parse_args(["--recipe", "paper"])).for_cell("demographics", MOVIELENS)
-    assert recipe.model_label("hsa") == "hsa (head fitted)" and recipe.history_length == 50  # the head is not the recipe
+    # ... but not the fitted head, which is not part of a recipe
+    assert recipe.model_label("hsa") == "hsa (head fitted)" and recipe.history_length == 50
     same = build_settings(parse_args(["--recipe", "items"])).for_cell("demographics", MOVIELENS)
     assert same.model_label("hsa") == build_settings(parse_args([])).for_cell("demographics", MOVIELENS).model_label(
         "hsa"
