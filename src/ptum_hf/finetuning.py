@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from .configuration_ptum import PRESETS, PTUMConfig
 from .data import load_behavior_data, load_tokenizer, read_behavior_log
 from .data.sources import ALIASES, SOURCES
 from .data.splits import ctr_splits, demographics_splits, eval_subset
-from .head_fitting import ID_BIAS_L2_GRID, fit_classifier, fit_id_biases
+from .head_fitting import ID_BIAS_L2_GRID, KeepStartCallback, fit_classifier, fit_id_biases
 from .locking import output_lock
 from .modeling_ptum import PTUMForCTR, PTUMForDemographicClassification
 
@@ -114,6 +114,15 @@ class FinetuneArguments:
             "help": "A new demographic head starts at a logistic regression of the training users' vectors from the "
             "user model as loaded (a linear probe, C chosen on the validation users), and fine-tuning goes on from "
             "there (LP-FT); a checkpoint's own demographic head is kept; --no_fit_head starts it at random."
+        },
+    )
+    keep_fitted_start: bool = field(
+        default=True,
+        metadata={
+            "help": "Where the head or the id biases start fitted (fit_head, fit_id_biases), that start is evaluated "
+            "on the validation split too (eval_on_start) and kept if no evaluation during training scores higher "
+            "by metric_for_best_model (needs load_best_model_at_end); --no_keep_fitted_start: the best fine-tuned "
+            "model."
         },
     )
 
@@ -472,11 +481,13 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
         )
     validation = eval_subset(validation, args.max_eval_samples, args.split_seed)
     collator = build_collator(args, data, tokenizer, model.config, token_cache)
-    if _new_id_biases(args, model):
+    fitted = _new_id_biases(args, model)
+    if fitted:
         fit_id_biases(model, collator, train, validation, args.id_bias_l2)
     if args.task == "demographics" and args.fit_head and not _has_head(args, PTUMForDemographicClassification):
         # On the device the Trainer will use: the fit reads every training and validation user once.
         fit_classifier(model.to(training_args.device), collator, train, validation, training_args.eval_batch_size)
+        fitted = True
     compute_metrics = (
         make_demographics_compute_metrics(model.config.label_heads)
         if args.task == "demographics"
@@ -485,6 +496,12 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
     callbacks = [ModelCardCallback(card_data)] if card_data is not None else []
     if args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
+    if fitted and args.keep_fitted_start:
+        if training_args.load_best_model_at_end:
+            training_args = replace(training_args, eval_on_start=True)
+            callbacks.append(KeepStartCallback())
+        else:
+            logger.warning("keep_fitted_start needs load_best_model_at_end: the last fine-tuned model is kept")
     trainer = PTUMTrainer(
         model=model,
         args=training_args,

@@ -1,5 +1,6 @@
 """A new head's starting point, fitted on the training split before fine-tuning: fine-tuning then begins where a
-linear model on the same inputs already is, instead of at random. The CTR model's id biases start at a
+linear model on the same inputs already is, instead of at random, and (`KeepStartCallback`) ends there if it does
+not improve on it. The CTR model's id biases start at a
 logistic regression of the clicks on identity; a demographic classifier at a logistic regression of the frozen user
 vectors (a linear probe, then fine-tuning: "LP-FT", Kumar et al., 2022). The penalties are chosen on the validation
 split, as the baselines' are (`reproduce.baselines`)."""
@@ -10,6 +11,7 @@ import logging
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from .modeling_ptum import IGNORE_INDEX
 
@@ -110,3 +112,34 @@ def fit_classifier(model, collator, train, validation, batch_size: int = 128) ->
             model.classifier.bias[rows] = torch.as_tensor(bias, dtype=model.classifier.bias.dtype)
         logger.info("head %s fitted with C %g (validation macro-F1 %.4f)", head, chosen[head], score)
     return chosen
+
+
+class KeepStartCallback(TrainerCallback):
+    """Keeps the model as training found it (a fitted start) when no evaluation during training scored higher on
+    `metric_for_best_model`. Needs `eval_on_start` (the start's score) and `load_best_model_at_end` (the Trainer has
+    then loaded the best fine-tuned model when training ends): fine-tuning cannot end below its start on the
+    validation split. `kept` says whether the start was kept."""
+
+    def __init__(self):
+        self.start, self.score, self.kept = None, None, False
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if state.global_step == 0 and self.start is None:  # eval_on_start: before the first step
+            name = args.metric_for_best_model
+            self.score = metrics[name if name.startswith("eval_") else f"eval_{name}"]
+            self.start = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.start is None or state.best_metric is None:
+            return
+        better = np.greater if args.greater_is_better else np.less
+        if better(self.score, state.best_metric):
+            model.load_state_dict(self.start)
+            self.kept = True
+            logger.info(
+                "kept the fitted start: its validation %s %.4f beats fine-tuning's best %.4f",
+                args.metric_for_best_model,
+                self.score,
+                state.best_metric,
+            )
+        self.start = None

@@ -42,6 +42,7 @@ PAPER_DEFAULTS = dict(
     ctr_ad_id_bias=False,
     ctr_user_id_buckets=0,
     fit_head=False,
+    keep_fitted_start=False,
 )
 
 # name: (FinetuneArguments overrides, learning rate). A new head needs large steps, the pre-trained user model small
@@ -125,6 +126,7 @@ class Settings:
     config_overrides: dict = field(default_factory=dict)  # PTUMConfig fields over the size's (e.g. the objective)
     classifier_layer_norm: bool = True
     fit_head: bool | None = None  # FinetuneArguments.fit_head: demographic heads start at a linear probe (LP-FT)
+    keep_fitted_start: bool | None = None  # FinetuneArguments.keep_fitted_start: end no lower than a fitted start
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
@@ -188,6 +190,12 @@ class Settings:
         """Whether the CTR models' id biases (if any) start from the training clicks."""
         return self.ctr_fit_id_biases and bool(self.value("ctr_ad_id_bias") or self.value("ctr_user_id_buckets"))
 
+    def fits_start(self, preset: str) -> bool:
+        """Whether this preset's fine-tuning starts from a fitted head or fitted id biases."""
+        if preset in DEMOGRAPHIC_PRESETS:
+            return bool(self.value("fit_head"))
+        return preset in CTR_PRESETS and self.ctr_id_biases_fitted
+
     @property
     def history_length(self) -> int:
         """How many of a user's most recent behaviors the user models see (the paper: 100)."""
@@ -214,6 +222,7 @@ class Settings:
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
             (self.value("fit_head") and preset in DEMOGRAPHIC_PRESETS, "(head fitted)"),
+            (self.value("keep_fitted_start") and self.fits_start(preset), "(start kept if better)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
@@ -355,6 +364,13 @@ def parse_args(argv=None):
         default=None,
         help="Demographic heads start at a logistic regression of the user vectors before fine-tuning "
         "(FinetuneArguments.fit_head, LP-FT).",
+    )
+    parser.add_argument(
+        "--keep_fitted_start",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="A fitted start (--fit_head, --ctr_fit_id_biases) is kept if fine-tuning does not beat it on the "
+        "validation split (FinetuneArguments.keep_fitted_start).",
     )
     parser.add_argument(
         "--ctr_ad_prior",
@@ -517,6 +533,7 @@ def build_settings(args) -> Settings:
         "max_behaviors",
         "classifier_layer_norm",
         "fit_head",
+        "keep_fitted_start",
         "ctr_ad_prior",
         "ctr_ad_id_bias",
         "ctr_user_id_buckets",
