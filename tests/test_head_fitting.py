@@ -1,5 +1,7 @@
 """A new demographic head starts at a linear probe of the user vectors (`fit_head`, LP-FT)."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,54 @@ def test_fine_tuning_starts_a_new_head_at_the_probe_and_keeps_a_trained_one(setu
     fitted.save_pretrained(tmp_path / "trained")
     tokenizer.save_pretrained(tmp_path / "trained")
     assert torch.equal(start("trained").classifier.weight, fitted.classifier.weight)
+
+
+@pytest.mark.parametrize("greater_is_better", [True, False])
+def test_the_start_is_kept_only_when_no_evaluation_during_training_beats_it(tmp_path, greater_is_better):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from ptum_hf.head_fitting import KeepStartCallback
+
+    args = TrainingArguments(
+        str(tmp_path), metric_for_best_model="auc", greater_is_better=greater_is_better, report_to="none"
+    )
+    sign = 1 if greater_is_better else -1
+    for best, kept in ((0.6, True), (0.8, False), (0.7, False)):  # the start scores 0.7; a tie keeps the trained
+        model, callback, state = torch.nn.Linear(2, 1), KeepStartCallback(), TrainerState()
+        start = model.weight.detach().clone()
+        callback.on_evaluate(args, state, TrainerControl(), metrics={"eval_auc": sign * 0.7}, model=model)
+        with torch.no_grad():
+            model.weight.add_(1.0)  # training moved it
+        state.global_step, state.best_metric = 10, sign * best
+        callback.on_evaluate(args, state, TrainerControl(), metrics={"eval_auc": sign * best}, model=model)
+        callback.on_train_end(args, state, TrainerControl(), model=model)
+        assert callback.kept is kept and torch.equal(model.weight, start) is kept, (best, greater_is_better)
+
+
+def test_fine_tuning_that_only_hurts_ends_at_the_fitted_start(setup, tmp_path, caplog):
+    data, tokenizer, config, collator, (train, validation, _) = setup
+    caplog.set_level(logging.INFO, logger="ptum_hf.head_fitting")
+    PTUMModel(config).save_pretrained(tmp_path / "user")
+    tokenizer.save_pretrained(tmp_path / "user")
+
+    def finetuned(keep):
+        args = FinetuneArguments(
+            model_name_or_path=str(tmp_path / "user"), num_users=160, freeze_user_model=True, keep_fitted_start=keep
+        )
+        # Steps so large that training can only hurt (the head alone, so that its logits stay finite).
+        wreck = dict(num_train_epochs=2, learning_rate=30.0, lr_scheduler_type="constant", save_total_limit=None)
+        training_args = default_training_arguments(str(tmp_path / f"out-{keep}"), "demographics", **wreck)
+        trainer = finetune(args, training_args, data=data, tokenizer=tokenizer)[0]
+        return trainer.model, trainer.state.log_history
+
+    torch.manual_seed(0)
+    expected = build_model(FinetuneArguments(model_name_or_path=str(tmp_path / "user")), tokenizer, HEADS)
+    fit_classifier(expected, collator, train, validation)
+    model, history = finetuned(keep=True)
+    scores = [(row["step"], row["eval_macro_f1"]) for row in history if "eval_macro_f1" in row]
+    assert scores[0][0] == 0 and max(score for _, score in scores[1:]) < scores[0][1]  # evaluated at its start
+    assert "kept the fitted start" in caplog.text
+    for name, value in expected.state_dict().items():
+        assert torch.allclose(model.state_dict()[name], value, atol=1e-5), name
+    model, _ = finetuned(keep=False)
+    assert not torch.allclose(model.classifier.weight, expected.classifier.weight, atol=1e-3)

@@ -24,9 +24,14 @@ logger = logging.getLogger(__name__)
 def fit_id_biases(model, collator, train, validation, l2: float | None = None) -> float:
     """Start the CTR model's id biases at the logistic regression of `train`'s clicks on identity
     (`PTUMForCTR.fit_id_biases`), its L2 penalty `l2` or, when None, the one of `ID_BIAS_L2_GRID` whose popularity
-    model scores the highest AUC on `validation` (the first on a tie). Returns the penalty used."""
+    model scores the highest AUC on `validation` (the first on a tie). The user/ad score starts at 0 (its ad
+    projection zeroed; its gradient is not), so that the start is that popularity model exactly, not plus a random
+    score. Returns the penalty used."""
     from sklearn.metrics import roc_auc_score
 
+    with torch.no_grad():
+        model.ad_projection.weight.zero_()
+        model.ad_projection.bias.zero_()
     targets = collator.id_bias_targets(train)
     if l2 is not None:
         model.fit_id_biases(**targets, l2=l2)
