@@ -42,7 +42,6 @@ PAPER_DEFAULTS = dict(
     ctr_ad_id_bias=False,
     ctr_user_id_buckets=0,
     fit_head=False,
-    keep_fitted_start=False,
 )
 
 # name: (FinetuneArguments overrides, learning rate). A new head needs large steps, the pre-trained user model small
@@ -126,7 +125,7 @@ class Settings:
     config_overrides: dict = field(default_factory=dict)  # PTUMConfig fields over the size's (e.g. the objective)
     classifier_layer_norm: bool = True
     fit_head: bool | None = None  # FinetuneArguments.fit_head: demographic heads start at a linear probe (LP-FT)
-    keep_fitted_start: bool | None = None  # FinetuneArguments.keep_fitted_start: end no lower than a fitted start
+    keep_fitted_start: bool = True  # FinetuneArguments.keep_fitted_start: end no lower than a fitted start
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
@@ -222,7 +221,6 @@ class Settings:
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
             (self.value("fit_head") and preset in DEMOGRAPHIC_PRESETS, "(head fitted)"),
-            (self.value("keep_fitted_start") and self.fits_start(preset), "(start kept if better)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
@@ -231,6 +229,7 @@ class Settings:
                 self.ctr_id_biases_fitted and self.ctr_id_bias_l2 is not None and preset in CTR_PRESETS,
                 f"(id bias l2 {self.ctr_id_bias_l2:g})" if self.ctr_id_bias_l2 else "",
             ),
+            (self.keep_fitted_start and self.fits_start(preset), "(start kept if better)"),
             ((length, batch) != (paper_length, PAPER_DEFAULTS["pretrain_batch_size"]), f"[PT {length}, batch {batch}]"),
             (
                 self.ctr_max_steps != Settings.ctr_max_steps and preset in CTR_PRESETS,
@@ -370,7 +369,7 @@ def parse_args(argv=None):
         action=argparse.BooleanOptionalAction,
         default=None,
         help="A fitted start (--fit_head, --ctr_fit_id_biases) is kept if fine-tuning does not beat it on the "
-        "validation split (FinetuneArguments.keep_fitted_start).",
+        "validation split (FinetuneArguments.keep_fitted_start; default: on).",
     )
     parser.add_argument(
         "--ctr_ad_prior",

@@ -160,7 +160,7 @@ def finetune_run(
             overrides["config_overrides"] = json.dumps(s.ctr_head)
         overrides["fit_id_biases"] = s.ctr_fit_id_biases  # explicit, as above
         overrides["id_bias_l2"] = s.ctr_id_bias_l2
-    overrides["keep_fitted_start"] = s.value("keep_fitted_start")
+    overrides["keep_fitted_start"] = s.keep_fitted_start
     args = FinetuneArguments(
         task=task,
         model_name_or_path=str(model_dir),
