@@ -288,6 +288,14 @@ def test_a_new_ctr_heads_id_biases_start_from_the_training_clicks(setup, tmp_pat
         model = start(checkpoint)
         assert torch.allclose(model.ad_id_bias, expected.ad_id_bias) and model.ad_id_bias.any()
         assert torch.allclose(model.user_id_bias, expected.user_id_bias) and model.bias == expected.bias
+    # A new head's user/ad score starts at 0: the start scores identity alone; a trained head keeps its projection.
+    new = start("user model").eval()
+    assert not new.ad_projection.weight.any() and not new.ad_projection.bias.any()
+    with torch.no_grad():
+        logits = new(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert torch.allclose(logits, new.id_bias_logits(targets["ad_bucket_ids"], targets["user_bucket_ids"]), atol=1e-6)
+    trained = checkpoints["CTR head without id biases"].ad_projection.weight
+    assert torch.equal(start("CTR head without id biases").ad_projection.weight, trained) and trained.any()
     unfitted = start("user model", fit=False, l2=None)
     assert not unfitted.ad_id_bias.any() and not unfitted.user_id_bias.any()
     with torch.no_grad():

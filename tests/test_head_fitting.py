@@ -1,6 +1,5 @@
-"""A new demographic head starts at a linear probe of the user vectors (`fit_head`, LP-FT)."""
-
-import logging
+"""A new demographic head starts at a linear probe of the user vectors (`fit_head`, LP-FT), and fine-tuning returns
+that start when it does not beat it (`keep_fitted_start`)."""
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from ptum_hf.data import BehaviorTokenCache, load_behavior_data, train_behavior_
 from ptum_hf.data.splits import demographics_splits
 from ptum_hf.finetuning import FinetuneArguments, build_collator, build_model, default_training_arguments, finetune
 from ptum_hf.head_fitting import classifier_inputs, fit_classifier
+from ptum_hf.keep_start import kept_fitted_start
 
 from conftest import TINY
 
@@ -104,30 +104,51 @@ def test_fine_tuning_starts_a_new_head_at_the_probe_and_keeps_a_trained_one(setu
 
 
 @pytest.mark.parametrize("greater_is_better", [True, False])
-def test_the_start_is_kept_only_when_no_evaluation_during_training_beats_it(tmp_path, greater_is_better):
+def test_the_start_is_returned_only_when_it_beats_the_model_training_ends_with(tmp_path, greater_is_better, caplog):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from ptum_hf.head_fitting import KeepStartCallback
+    from ptum_hf.keep_start import KeepStartCallback
 
-    args = TrainingArguments(
-        str(tmp_path), metric_for_best_model="auc", greater_is_better=greater_is_better, report_to="none"
-    )
     sign = 1 if greater_is_better else -1
-    for best, kept in ((0.6, True), (0.8, False), (0.7, False)):  # the start scores 0.7; a tie keeps the trained
+    args = TrainingArguments(
+        str(tmp_path),
+        metric_for_best_model="eval_auc",  # named as the Trainer allows, with or without the prefix
+        greater_is_better=greater_is_better,
+        load_best_model_at_end=True,
+        eval_strategy="steps",
+        save_strategy="steps",
+        report_to="none",
+    )
+
+    def run(history, checkpoint=None, last_step=20):
+        """The start scores 0.7; `history`: {step: score} of the evaluations during training."""
         model, callback, state = torch.nn.Linear(2, 1), KeepStartCallback(), TrainerState()
         start = model.weight.detach().clone()
+        callback.on_train_begin(args, state, TrainerControl())
         callback.on_evaluate(args, state, TrainerControl(), metrics={"eval_auc": sign * 0.7}, model=model)
+        state.log_history = [{"eval_auc": sign * 0.7, "step": 0}]
+        state.log_history += [{"eval_auc": sign * score, "step": step} for step, score in history.items()]
         with torch.no_grad():
             model.weight.add_(1.0)  # training moved it
-        state.global_step, state.best_metric = 10, sign * best
-        callback.on_evaluate(args, state, TrainerControl(), metrics={"eval_auc": sign * best}, model=model)
+        state.global_step, state.best_model_checkpoint = last_step, checkpoint and str(tmp_path / checkpoint)
         callback.on_train_end(args, state, TrainerControl(), model=model)
-        assert callback.kept is kept and torch.equal(model.weight, start) is kept, (best, greater_is_better)
+        assert callback.start is None  # the snapshot is not held after training
+        assert torch.equal(model.weight, start) is callback.kept
+        return callback.kept
+
+    assert run({10: 0.6, 20: 0.65}, "checkpoint-20")  # the loaded best scores below the start
+    assert not run({10: 0.8, 20: 0.6}, "checkpoint-10")  # ... above it
+    assert not run({10: 0.7, 20: 0.6}, "checkpoint-10")  # a tie keeps the fine-tuned model
+    # The score compared is the loaded checkpoint's, not the best evaluation's (which may have no checkpoint).
+    assert run({10: 0.8, 20: 0.6}, "checkpoint-20")
+    assert not run({10: 0.6, 20: 0.8})  # no checkpoint loaded: the last step's evaluation
+    assert not run({10: 0.6}) and "was not evaluated" in caplog.text  # ... and none at the last step: nothing compared
+    with pytest.raises(ValueError, match="'eval_auc' is not among the evaluation metrics"):
+        KeepStartCallback().on_evaluate(args, TrainerState(), TrainerControl(), metrics={"eval_f1": 1.0}, model=None)
 
 
 def test_fine_tuning_that_only_hurts_ends_at_the_fitted_start(setup, tmp_path, caplog):
     data, tokenizer, config, collator, (train, validation, _) = setup
-    caplog.set_level(logging.INFO, logger="ptum_hf.head_fitting")
     PTUMModel(config).save_pretrained(tmp_path / "user")
     tokenizer.save_pretrained(tmp_path / "user")
 
@@ -139,16 +160,16 @@ def test_fine_tuning_that_only_hurts_ends_at_the_fitted_start(setup, tmp_path, c
         wreck = dict(num_train_epochs=2, learning_rate=30.0, lr_scheduler_type="constant", save_total_limit=None)
         training_args = default_training_arguments(str(tmp_path / f"out-{keep}"), "demographics", **wreck)
         trainer = finetune(args, training_args, data=data, tokenizer=tokenizer)[0]
-        return trainer.model, trainer.state.log_history
+        return trainer.model, trainer.state.log_history, kept_fitted_start(trainer)
 
     torch.manual_seed(0)
     expected = build_model(FinetuneArguments(model_name_or_path=str(tmp_path / "user")), tokenizer, HEADS)
     fit_classifier(expected, collator, train, validation)
-    model, history = finetuned(keep=True)
+    model, history, kept = finetuned(keep=True)
     scores = [(row["step"], row["eval_macro_f1"]) for row in history if "eval_macro_f1" in row]
     assert scores[0][0] == 0 and max(score for _, score in scores[1:]) < scores[0][1]  # evaluated at its start
-    assert "kept the fitted start" in caplog.text
+    assert kept and "returning the fitted start" in caplog.text
     for name, value in expected.state_dict().items():
         assert torch.allclose(model.state_dict()[name], value, atol=1e-5), name
-    model, _ = finetuned(keep=False)
-    assert not torch.allclose(model.classifier.weight, expected.classifier.weight, atol=1e-3)
+    model, _, kept = finetuned(keep=False)
+    assert not kept and not torch.allclose(model.classifier.weight, expected.classifier.weight, atol=1e-3)

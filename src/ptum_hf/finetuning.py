@@ -21,7 +21,8 @@ from .configuration_ptum import PRESETS, PTUMConfig
 from .data import load_behavior_data, load_tokenizer, read_behavior_log
 from .data.sources import ALIASES, SOURCES
 from .data.splits import ctr_splits, demographics_splits, eval_subset
-from .head_fitting import ID_BIAS_L2_GRID, KeepStartCallback, fit_classifier, fit_id_biases
+from .head_fitting import ID_BIAS_L2_GRID, fit_classifier, fit_id_biases
+from .keep_start import KeepStartCallback, kept_fitted_start
 from .locking import output_lock
 from .modeling_ptum import PTUMForCTR, PTUMForDemographicClassification
 
@@ -119,10 +120,10 @@ class FinetuneArguments:
     keep_fitted_start: bool = field(
         default=True,
         metadata={
-            "help": "Where the head or the id biases start fitted (fit_head, fit_id_biases), that start is evaluated "
-            "on the validation split too (eval_on_start) and kept if no evaluation during training scores higher "
-            "by metric_for_best_model (needs load_best_model_at_end); --no_keep_fitted_start: the best fine-tuned "
-            "model."
+            "help": "Where the head or the id biases start fitted (fit_head, fit_id_biases), that start is also "
+            "evaluated (eval_on_start) and returned if it scores strictly better by metric_for_best_model on the "
+            "validation split than the model fine-tuning ends with (its best with load_best_model_at_end); "
+            "--no_keep_fitted_start: fine-tuning's model always."
         },
     )
 
@@ -483,11 +484,11 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
     collator = build_collator(args, data, tokenizer, model.config, token_cache)
     fitted = _new_id_biases(args, model)
     if fitted:
-        fit_id_biases(model, collator, train, validation, args.id_bias_l2)
+        fit_id_biases(model, collator, train, validation, args.id_bias_l2, new_head=not _has_head(args, PTUMForCTR))
     if args.task == "demographics" and args.fit_head and not _has_head(args, PTUMForDemographicClassification):
         # On the device the Trainer will use: the fit reads every training and validation user once.
-        fit_classifier(model.to(training_args.device), collator, train, validation, training_args.eval_batch_size)
-        fitted = True
+        device = training_args.device
+        fitted = bool(fit_classifier(model.to(device), collator, train, validation, training_args.eval_batch_size))
     compute_metrics = (
         make_demographics_compute_metrics(model.config.label_heads)
         if args.task == "demographics"
@@ -497,11 +498,13 @@ def _finetune(args, training_args, data, tokenizer, card_data, token_cache):
     if args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
     if fitted and args.keep_fitted_start:
-        if training_args.load_best_model_at_end:
+        if training_args.eval_strategy == "no":
+            logger.warning("keep_fitted_start needs an evaluation strategy: fine-tuning's model is kept")
+        elif training_args.deepspeed or training_args.fsdp:  # sharded weights: no whole state dict to hold
+            logger.warning("keep_fitted_start is not supported with DeepSpeed or FSDP: fine-tuning's model is kept")
+        else:
             training_args = replace(training_args, eval_on_start=True)
             callbacks.append(KeepStartCallback())
-        else:
-            logger.warning("keep_fitted_start needs load_best_model_at_end: the last fine-tuned model is kept")
     trainer = PTUMTrainer(
         model=model,
         args=training_args,
@@ -537,6 +540,7 @@ def run_finetuning(args: FinetuneArguments, training_args: TrainingArguments, pu
     with output_dir_lock(training_args), progress_bars(not training_args.disable_tqdm):
         trainer, metrics = finetune(args, training_args, card_data=card_data)
         eval_metrics = trainer.evaluate()  # the kept (best) model on the validation split
+        eval_metrics["fitted_start_kept"] = kept_fitted_start(trainer)
         if trainer.is_world_process_zero():
             save_metrics(training_args.output_dir, {"eval": eval_metrics, "test": metrics})
         model = trainer.model

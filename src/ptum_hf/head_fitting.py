@@ -1,6 +1,6 @@
 """A new head's starting point, fitted on the training split before fine-tuning: fine-tuning then begins where a
-linear model on the same inputs already is, instead of at random, and (`KeepStartCallback`) ends there if it does
-not improve on it. The CTR model's id biases start at a
+linear model on the same inputs already is, instead of at random (and `keep_start.py` returns that start when
+fine-tuning does not improve on it). The CTR model's id biases start at a
 logistic regression of the clicks on identity; a demographic classifier at a logistic regression of the frozen user
 vectors (a linear probe, then fine-tuning: "LP-FT", Kumar et al., 2022). The penalties are chosen on the validation
 split, as the baselines' are (`reproduce.baselines`)."""
@@ -11,7 +11,6 @@ import logging
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 
 from .modeling_ptum import IGNORE_INDEX
 
@@ -21,17 +20,18 @@ ID_BIAS_L2_GRID = (30.0, 10.0, 3.0, 1.0, 1 / 3)  # about 1 / C over CTR_C_GRID, 
 logger = logging.getLogger(__name__)
 
 
-def fit_id_biases(model, collator, train, validation, l2: float | None = None) -> float:
+def fit_id_biases(model, collator, train, validation, l2: float | None = None, new_head: bool = True) -> float:
     """Start the CTR model's id biases at the logistic regression of `train`'s clicks on identity
     (`PTUMForCTR.fit_id_biases`), its L2 penalty `l2` or, when None, the one of `ID_BIAS_L2_GRID` whose popularity
-    model scores the highest AUC on `validation` (the first on a tie). The user/ad score starts at 0 (its ad
-    projection zeroed; its gradient is not), so that the start is that popularity model exactly, not plus a random
-    score. Returns the penalty used."""
+    model scores the highest AUC on `validation` (the first on a tie). A `new_head`'s user/ad score starts at 0 (its
+    ad projection zeroed; its gradient is not), so that the start is that popularity model exactly, not plus a random
+    score; a checkpoint's trained CTR head keeps its own. Returns the penalty used."""
     from sklearn.metrics import roc_auc_score
 
-    with torch.no_grad():
-        model.ad_projection.weight.zero_()
-        model.ad_projection.bias.zero_()
+    if new_head:
+        with torch.no_grad():
+            model.ad_projection.weight.zero_()
+            model.ad_projection.bias.zero_()
     targets = collator.id_bias_targets(train)
     if l2 is not None:
         model.fit_id_biases(**targets, l2=l2)
@@ -117,34 +117,3 @@ def fit_classifier(model, collator, train, validation, batch_size: int = 128) ->
             model.classifier.bias[rows] = torch.as_tensor(bias, dtype=model.classifier.bias.dtype)
         logger.info("head %s fitted with C %g (validation macro-F1 %.4f)", head, chosen[head], score)
     return chosen
-
-
-class KeepStartCallback(TrainerCallback):
-    """Keeps the model as training found it (a fitted start) when no evaluation during training scored higher on
-    `metric_for_best_model`. Needs `eval_on_start` (the start's score) and `load_best_model_at_end` (the Trainer has
-    then loaded the best fine-tuned model when training ends): fine-tuning cannot end below its start on the
-    validation split. `kept` says whether the start was kept."""
-
-    def __init__(self):
-        self.start, self.score, self.kept = None, None, False
-
-    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        if state.global_step == 0 and self.start is None:  # eval_on_start: before the first step
-            name = args.metric_for_best_model
-            self.score = metrics[name if name.startswith("eval_") else f"eval_{name}"]
-            self.start = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.start is None or state.best_metric is None:
-            return
-        better = np.greater if args.greater_is_better else np.less
-        if better(self.score, state.best_metric):
-            model.load_state_dict(self.start)
-            self.kept = True
-            logger.info(
-                "kept the fitted start: its validation %s %.4f beats fine-tuning's best %.4f",
-                args.metric_for_best_model,
-                self.score,
-                state.best_metric,
-            )
-        self.start = None

@@ -148,6 +148,7 @@ def finetune_run(
     import torch  # noqa: F401  (the Trainer needs it; imported here so that --help stays fast)
 
     from ..finetuning import FinetuneArguments, default_training_arguments, finetune
+    from ..keep_start import kept_fitted_start
 
     s = ctx.settings
     overrides, learning_rate = variant_recipe(variant, s.learning_rate, s.user_model_learning_rate)
@@ -199,10 +200,11 @@ def finetune_run(
 
     set_seed(repeat)
     with quiet():
-        _, metrics = finetune(args, training_args, data=data)
+        trainer, metrics = finetune(args, training_args, data=data)
     shutil.rmtree(out, ignore_errors=True)
-    return {
+    scores = {
         k[len("test_") :]: float(v)
         for k, v in metrics.items()
         if k.startswith("test_") and isinstance(v, numbers.Real) and not isinstance(v, bool)
     }
+    return {**scores, "fitted_start_kept": float(kept_fitted_start(trainer))}
