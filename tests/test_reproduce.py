@@ -276,14 +276,14 @@ def test_defaults_are_the_recipe_that_trains_and_labels_name_departures():
     with pytest.raises(SystemExit, match="linear_repeats must be >= 1"):
         build_settings(parse_args(["--linear_repeats", "0"]))
     settings = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--ctr_ad_id_bias"]))
-    kept = " (start kept if better)"
-    assert settings.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias 4096) (id biases fitted)" + kept
+    assert settings.model_label("gru4rec") == "gru4rec (ad id bias) (user id bias 4096) (id biases fitted)"
     unfitted = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--no-ctr_fit_id_biases"]))
     assert unfitted.model_label("gru4rec") == "gru4rec (user id bias 4096)"
     fixed = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--ctr_id_bias_l2", "1"]))
-    assert fixed.model_label("gru4rec") == "gru4rec (user id bias 4096) (id biases fitted) (id bias l2 1)" + kept
-    unkept = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--no-keep_fitted_start"]))
-    assert unkept.model_label("gru4rec") == "gru4rec (user id bias 4096) (id biases fitted)"
+    assert fixed.model_label("gru4rec") == "gru4rec (user id bias 4096) (id biases fitted) (id bias l2 1)"
+    kept = build_settings(parse_args(["--ctr_user_id_buckets", "4096", "--keep_fitted_start"]))
+    assert kept.model_label("gru4rec") == "gru4rec (user id bias 4096) (id biases fitted) (start kept if better)"
+    assert kept.model_label("hsa") == "hsa"  # nothing fitted, nothing kept
     with pytest.raises(SystemExit, match="ctr_id_bias_l2 must be a finite number > 0"):
         build_settings(parse_args(["--ctr_id_bias_l2", "0"]))
     with pytest.raises(SystemExit, match="ctr_id_bias_l2 has no effect"):
@@ -301,13 +301,12 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
     assert demographics.model_overrides["use_bag"] and demographics.history_length == wanted["max_behaviors"]
     assert demographics.model_label("hsa") == (
         "hsa [items recipe: bag prediction, ids, attention pooling] [800 behaviors] (head fitted) "
-        "(start kept if better) [PT 300 epochs, batch 128]"
+        "[PT 300 epochs, batch 128]"
     )
     ctr = settings.for_cell("ctr", MOVIELENS)
     assert ctr.model_overrides["behavior_id_buckets"] == 65536 and not ctr.model_overrides.get("use_bag")
     assert ctr.model_label("gru4rec") == (
-        "gru4rec (ad id bias) (user id bias 65536) (id biases fitted) (start kept if better) "
-        "(behavior_id_buckets=65536)"
+        "gru4rec (ad id bias) (user id bias 65536) (id biases fitted) (behavior_id_buckets=65536)"
     )
     for paper in (
         settings.for_cell("demographics", SYNTHETIC),
@@ -326,13 +325,13 @@ def test_each_task_and_dataset_runs_its_measured_defaults_and_the_command_line_w
     assert (demographics.recipe, demographics.pretrain_epochs, demographics.pretrain_batch_size) == ("items", 50, 128)
     unfitted = build_settings(parse_args(["--no-fit_head"])).for_cell("demographics", MOVIELENS)
     assert unfitted.fit_head is False and "(head fitted)" not in unfitted.model_label("hsa")
-    assert "(head fitted) (start kept if better)" in build_settings(parse_args(["--fit_head"])).model_label("hsa")
+    assert "(head fitted)" in build_settings(parse_args(["--fit_head"])).model_label("hsa")
     assert ctr.model_overrides["behavior_id_buckets"] == 1024 and not ctr.ctr_ad_id_bias
     assert ctr.pretrain_epochs == 50 and ctr.ctr_user_id_buckets == 65536
     # Another recipe given replaces a measured one with the length and history chosen for it; the same one keeps them.
     recipe = build_settings(parse_args(["--recipe", "paper"])).for_cell("demographics", MOVIELENS)
     # ... but not the fitted head, which is not part of a recipe
-    assert recipe.model_label("hsa") == "hsa (head fitted) (start kept if better)" and recipe.history_length == 50
+    assert recipe.model_label("hsa") == "hsa (head fitted)" and recipe.history_length == 50
     same = build_settings(parse_args(["--recipe", "items"])).for_cell("demographics", MOVIELENS)
     assert same.model_label("hsa") == build_settings(parse_args([])).for_cell("demographics", MOVIELENS).model_label(
         "hsa"
@@ -367,7 +366,7 @@ def test_planned_jobs_run_under_their_cells_settings(tmp_path, monkeypatch):
     by_kind[("probe", "probe_run")][0].done([(("probe_ptum", 0.2, 0), {"accuracy": 0.5})], 0.0)
     ((probe,),) = [ctx.records.load("probe")]
     (table2_label,) = {job.settings.model_label("hsa") for job in by_kind[("table2", "finetune_run")]}
-    assert probe["preset"] == table2_label.replace(" (head fitted) (start kept if better)", "") != table2_label
+    assert probe["preset"] == table2_label.replace(" (head fitted)", "") != table2_label
     _, identity = table2_pretraining.args
     assert identity["overrides"]["use_bag"] and (identity["epochs"], identity["batch"]) == (300, 128)
     assert all(job.settings.recipe == "items" for job in by_kind[("table2", "finetune_run")])

@@ -125,7 +125,7 @@ class Settings:
     config_overrides: dict = field(default_factory=dict)  # PTUMConfig fields over the size's (e.g. the objective)
     classifier_layer_norm: bool = True
     fit_head: bool | None = None  # FinetuneArguments.fit_head: demographic heads start at a linear probe (LP-FT)
-    keep_fitted_start: bool = True  # FinetuneArguments.keep_fitted_start: end no lower than a fitted start
+    keep_fitted_start: bool = False  # FinetuneArguments.keep_fitted_start: end no lower than a fitted start
     ctr_ad_prior: bool = False  # PTUMConfig.ad_prior for the CTR models
     ctr_ad_id_bias: bool | None = None  # PTUMConfig.ad_id_bias for the CTR models (needs behavior_id_buckets)
     ctr_user_id_buckets: int | None = None  # PTUMConfig.user_id_buckets for the CTR models (0: no user bias)
@@ -369,7 +369,7 @@ def parse_args(argv=None):
         action=argparse.BooleanOptionalAction,
         default=None,
         help="A fitted start (--fit_head, --ctr_fit_id_biases) is kept if fine-tuning does not beat it on the "
-        "validation split (FinetuneArguments.keep_fitted_start; default: on).",
+        "validation split (FinetuneArguments.keep_fitted_start; default: off).",
     )
     parser.add_argument(
         "--ctr_ad_prior",
