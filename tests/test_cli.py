@@ -64,6 +64,7 @@ def test_own_log_and_labels_pretrain_finetune_embed_as_the_readme_shows(tmp_path
     out = tmp_path / out
     results = json.loads((out / "all_results.json").read_text())
     assert 0.0 <= results["test_plan_accuracy"] <= 1.0 and 0.0 <= results["eval_plan_macro_f1"] <= 1.0
+    assert results["fitted_start_kept"] is False  # --keep_fitted_start is off by default
     assert json.loads((out / "test_results.json").read_text()).keys() == {k for k in results if k.startswith("test_")}
     assert "eval_loss" in json.loads((out / "eval_results.json").read_text())
     config = json.loads((out / "model" / "config.json").read_text())
