@@ -184,16 +184,13 @@ class Settings:
         overrides.update(self.config_overrides)
         return overrides
 
-    @property
-    def ctr_id_biases_fitted(self) -> bool:
-        """Whether the CTR models' id biases (if any) start from the training clicks."""
-        return self.ctr_fit_id_biases and bool(self.value("ctr_ad_id_bias") or self.value("ctr_user_id_buckets"))
-
     def fits_start(self, preset: str) -> bool:
-        """Whether this preset's fine-tuning starts from a fitted head or fitted id biases."""
+        """Whether this preset's fine-tuning starts fitted: a demographic head (fit_head), or the id biases a CTR
+        model has, from the training clicks (ctr_fit_id_biases)."""
         if preset in DEMOGRAPHIC_PRESETS:
             return bool(self.value("fit_head"))
-        return preset in CTR_PRESETS and self.ctr_id_biases_fitted
+        biases = self.value("ctr_ad_id_bias") or self.value("ctr_user_id_buckets")
+        return preset in CTR_PRESETS and self.ctr_fit_id_biases and bool(biases)
 
     @property
     def history_length(self) -> int:
@@ -220,13 +217,13 @@ class Settings:
             (self.behavior_tokens == "item", "(item ids)"),
             (self.max_behaviors is not None, f"[{self.max_behaviors} behaviors]"),
             (not self.classifier_layer_norm and preset in DEMOGRAPHIC_PRESETS, "(no LN head)"),
-            (self.value("fit_head") and preset in DEMOGRAPHIC_PRESETS, "(head fitted)"),
+            (preset in DEMOGRAPHIC_PRESETS and self.fits_start(preset), "(head fitted)"),
             (self.ctr_ad_prior and preset in CTR_PRESETS, "(ad prior)"),
             (self.value("ctr_ad_id_bias") and preset in CTR_PRESETS, "(ad id bias)"),
             (bool(user_buckets) and preset in CTR_PRESETS, f"(user id bias {user_buckets})"),
-            (self.ctr_id_biases_fitted and preset in CTR_PRESETS, "(id biases fitted)"),
+            (preset in CTR_PRESETS and self.fits_start(preset), "(id biases fitted)"),
             (
-                self.ctr_id_biases_fitted and self.ctr_id_bias_l2 is not None and preset in CTR_PRESETS,
+                preset in CTR_PRESETS and self.fits_start(preset) and self.ctr_id_bias_l2 is not None,
                 f"(id bias l2 {self.ctr_id_bias_l2:g})" if self.ctr_id_bias_l2 else "",
             ),
             (self.keep_fitted_start and self.fits_start(preset), "(start kept if better)"),
