@@ -83,3 +83,19 @@ def test_bad_config():
         load_behavior_dataset("synthetic", num_users=10, label_noise=2)
     with pytest.raises(ValueError, match="unknown behavior dataset"):
         load_behavior_dataset("nope")
+
+
+def test_columns_and_the_ctr_label_cut_follow_the_rows_a_dataset_selects(data):
+    from ptum_hf.data.dataset import columns
+    from ptum_hf.data.splits import ctr_splits
+
+    rows = data.ctr["train"].shuffle(seed=3).select(range(50))  # an indices mapping, as splits make
+    users, labels = columns(rows, "user_index", "label")
+    assert users.tolist() == [row["user_index"] for row in rows] and labels.tolist() == rows["label"][:]
+    assert columns({"label": [1, 0]}, "label")[0].tolist() == [1, 0]
+    train = ctr_splits(data, 0.2, 4)[0]
+    kept = set(train["user_index"][:])
+    everything = data.ctr["train"]
+    assert 0.15 < len(kept) / len(set(everything["user_index"][:])) < 0.25
+    expected = [row for row in everything if row["user_index"] in kept]  # every impression of a kept user, in order
+    assert list(train) == expected

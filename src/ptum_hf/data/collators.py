@@ -34,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..modeling_ptum import IGNORE_INDEX, MASK_INDEX, PAD_INDEX
 from ..processing_ptum import history_windows
-from .dataset import BehaviorDataset, UserSequences
+from .dataset import BehaviorDataset, UserSequences, columns
 from .negatives import NegativeSampler, sample_negatives, unique_sorted
 from .tokenization import BehaviorTokenCache, gather_ragged, pad_token_id_of, text_hashes, tokenize
 
@@ -477,14 +477,12 @@ class CTRCollator(BehaviorCollatorBase):
         """`PTUMForCTR.fit_id_biases`' arguments for `impressions` (a CTR split: columns `label`, `ad_title_id`,
         `user_index`): `labels`, and each impression's ad title id bucket (with `id_buckets`) and user id bucket (with
         `user_id_buckets`), bucketed as the batches are."""
-        if hasattr(impressions, "with_format"):  # a datasets.Dataset: its columns as arrays, not Python lists
-            impressions = impressions.with_format("numpy")
-        targets = {"labels": np.asarray(impressions["label"], np.float32)}
+        labels, titles, users = columns(impressions, "label", "ad_title_id", "user_index")
+        targets = {"labels": labels.astype(np.float32)}
         if self.id_buckets:
-            titles = np.asarray(impressions["ad_title_id"], np.int64)
-            targets["ad_bucket_ids"] = self.token_cache.bucket_ids(titles, self.id_buckets)
+            targets["ad_bucket_ids"] = self.token_cache.bucket_ids(titles.astype(np.int64), self.id_buckets)
         if self._user_buckets is not None:
-            targets["user_bucket_ids"] = self._user_buckets[np.asarray(impressions["user_index"], np.int64)]
+            targets["user_bucket_ids"] = self._user_buckets[users.astype(np.int64)]
         return _tensors(**targets)
 
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:

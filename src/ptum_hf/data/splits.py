@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dataset import columns
+
 
 def split_users(users, eval_fraction: float, seed: int):
     """A seeded random split of the users table into (train, held out)."""
@@ -56,8 +58,9 @@ def ctr_splits(data, label_fraction: float = 1.0, split_seed: int = 0):
         raise ValueError("this dataset has no CTR task (data.ctr is None)")
     train = data.ctr["train"]
     if label_fraction < 1.0:
-        users = np.unique(np.asarray(train["user_index"]))
+        (rows,) = columns(train, "user_index")
+        users = np.unique(rows)
         order = np.random.default_rng(split_seed + 1).permutation(users)
-        keep = set(order[: max(1, int(round(label_fraction * len(users))))].tolist())
-        train = train.filter(lambda row: row["user_index"] in keep)
+        keep = order[: max(1, int(round(label_fraction * len(users))))]
+        train = train.select(np.flatnonzero(np.isin(rows, keep)))
     return train, data.ctr["validation"], data.ctr["test"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.dataset import columns
 from ..data.splits import ctr_splits, demographics_splits
 from .jobs import Context
 
@@ -146,7 +147,7 @@ def cosine_scores(data, part, max_behaviors: int) -> np.ndarray:
         data._reproduce_word_tfidf = TfidfVectorizer(sublinear_tf=True).fit_transform(data.behaviors)
     words = data._reproduce_word_tfidf
     seq = data.sequences()
-    users, ends = np.asarray(part["user_index"]), np.asarray(part["history_end"])
+    users, ends, titles, descriptions = columns(part, "user_index", "history_end", "ad_title_id", "ad_description_id")
     rows, cols = [], []
     for row, (user, end) in enumerate(zip(users.tolist(), ends.tolist())):
         start = seq.offsets[user] + max(0, end - max_behaviors)
@@ -154,8 +155,7 @@ def cosine_scores(data, part, max_behaviors: int) -> np.ndarray:
         rows.extend([row] * len(ids))
         cols.extend(ids.tolist())
     history = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(users), words.shape[0])) @ words
-    ads = words[np.asarray(part["ad_title_id"])]
-    descriptions = np.asarray(part["ad_description_id"])
+    ads = words[titles]
     if (descriptions >= 0).any():
         extra = words[np.where(descriptions >= 0, descriptions, 0)].multiply((descriptions >= 0)[:, None])
         ads = ads + sp.csr_matrix(extra)
@@ -175,12 +175,9 @@ def ctr_baselines(ctx: Context, dataset: str, ratio: float, repeat: int, only=No
     data = ctx.data(name)
     history = ctx.settings.history_length
     train, validation, test = ctr_splits(data, ratio, repeat)
-    columns = lambda part: (
-        np.asarray(part["user_index"]),
-        np.asarray(part["ad_title_id"]),  # noqa: E731
-        np.asarray(part["label"]),
+    (u_tr, i_tr, y_tr), (u_va, i_va, y_va), (u_te, i_te, y_te) = (
+        columns(part, "user_index", "ad_title_id", "label") for part in (train, validation, test)
     )
-    (u_tr, i_tr, y_tr), (u_va, i_va, y_va), (u_te, i_te, y_te) = map(columns, (train, validation, test))
     prior, strength = y_tr.mean(), 5.0
     clicks, shows = {}, {}
     for item, label in zip(i_tr.tolist(), y_tr.tolist()):
