@@ -110,7 +110,7 @@ class Settings:
     ctr_max_steps: int = 150
     ctr_eval_steps: int = 75
     ctr_eval_samples: int | None = 2000  # validation rows for CTR model selection (the test split stays whole)
-    ctr_repeats: int = 2  # CTR's time split is the same for every repeat: only the labeled subset and seed vary
+    ctr_repeats: int = 5  # CTR's time split is the same for every repeat: only the labeled subset and seed vary
     sweep_repeats: int = 3  # lambda and K
     ablation_ratio: float = 0.2
     ablation_tasks: tuple = ("demographics", "ctr")
