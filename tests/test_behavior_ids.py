@@ -254,7 +254,7 @@ def test_a_new_ctr_heads_id_biases_start_from_the_training_clicks(setup, tmp_pat
     data, tokenizer, config, cache = setup
     biased = PTUMConfig(**{**config.to_dict(), "ad_id_bias": True, "user_id_buckets": BUCKETS})
     collator = build_collator(FinetuneArguments(task="ctr"), data, tokenizer, biased, cache)
-    rows = data.ctr["train"].select(range(16))
+    rows = data.ctr["train"].shuffle(seed=1).select(range(16))  # an indices mapping, as the splits have
     batch, targets = collator(list(rows)), collator.id_bias_targets(rows)
     # The targets are bucketed as the batches are.
     assert torch.equal(targets["ad_bucket_ids"], batch["behavior_bucket_ids"][batch["ad_title_indices"]])

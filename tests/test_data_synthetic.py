@@ -85,17 +85,32 @@ def test_bad_config():
         load_behavior_dataset("nope")
 
 
-def test_columns_and_the_ctr_label_cut_follow_the_rows_a_dataset_selects(data):
+def test_columns_and_the_splits_follow_the_rows_a_dataset_selects(data):
     from ptum_hf.data.dataset import columns
-    from ptum_hf.data.splits import ctr_splits
+    from ptum_hf.data.splits import ctr_splits, demographics_splits, split_users_three_way
 
     rows = data.ctr["train"].shuffle(seed=3).select(range(50))  # an indices mapping, as splits make
     users, labels = columns(rows, "user_index", "label")
     assert users.tolist() == [row["user_index"] for row in rows] and labels.tolist() == rows["label"][:]
+    assert users.dtype == np.int64 and users.flags.writeable
     assert columns({"label": [1, 0]}, "label")[0].tolist() == [1, 0]
-    train = ctr_splits(data, 0.2, 4)[0]
-    kept = set(train["user_index"][:])
+    with pytest.raises(KeyError, match="clicks"):
+        columns(rows, "clicks")
+    gap = data.users.select(range(3)).map(lambda row, i: {"age": None if i == 1 else row["age"]}, with_indices=True)
+    with pytest.raises(ValueError, match="'age' has 1 missing"):
+        columns(gap, "age")
+    # The CTR label cut: every impression, in order, of the first 20% of a seeded shuffle of the training users.
     everything = data.ctr["train"]
-    assert 0.15 < len(kept) / len(set(everything["user_index"][:])) < 0.25
-    expected = [row for row in everything if row["user_index"] in kept]  # every impression of a kept user, in order
-    assert list(train) == expected
+    ids = np.unique(everything["user_index"][:])
+    kept = set(np.random.default_rng(4 + 1).permutation(ids)[: round(0.2 * len(ids))].tolist())
+    assert list(ctr_splits(data, 0.2, 4)[0]) == [row for row in everything if row["user_index"] in kept]
+    # Demographics: the users with at least one of the labels.
+    some = data.users.select(range(300)).map(
+        lambda row, i: {"gender": None if i % 3 == 0 else row["gender"], "age": None if i % 5 == 0 else row["age"]},
+        with_indices=True,
+    )
+    subset = type(data)(users=some, behaviors=data.behaviors, report=data.report)
+    for names in (["gender"], ["gender", "age"]):
+        labeled = some.filter(lambda row, names=names: any(row[name] is not None for name in names))
+        expected = [part["user_id"][:] for part in split_users_three_way(labeled, 2)]
+        assert [part["user_id"][:] for part in demographics_splits(subset, names, 1.0, 2)] == expected

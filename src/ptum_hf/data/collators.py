@@ -470,7 +470,7 @@ class CTRCollator(BehaviorCollatorBase):
         """The users' sequences, which impressions point into (and their ids, for `user_id_buckets`)."""
         defaults = {} if "sequences" in kwargs else {"sequences": dataset.sequences()}
         if kwargs.get("user_id_buckets") and "user_ids" not in kwargs:
-            defaults["user_ids"] = list(dataset.users["user_id"])  # a plain list: it goes to every worker
+            defaults["user_ids"] = columns(dataset.users, "user_id")[0].tolist()  # plain: it goes to every worker
         return defaults
 
     def id_bias_targets(self, impressions) -> dict[str, torch.Tensor]:

@@ -131,10 +131,19 @@ def users_dataset(
 
 
 def columns(rows, *names: str) -> list[np.ndarray]:
-    """`names` columns of `rows` (a `datasets.Dataset` or a mapping of sequences) as arrays. A Dataset is read
-    through Arrow: since datasets 4, `np.asarray(dataset[name])` walks a lazy column row by row (seconds per
+    """`names` columns of `rows` (a `datasets.Dataset` or a mapping of sequences) as writable arrays. A Dataset is
+    read through Arrow: since datasets 4, `np.asarray(dataset[name])` walks a lazy column row by row (seconds per
     100,000 rows)."""
-    if isinstance(rows, datasets.Dataset):
-        table = rows.select_columns(list(names)).with_format("arrow")[:]
-        return [table.column(name).to_numpy() for name in names]
-    return [np.asarray(rows[name]) for name in names]
+    if not isinstance(rows, datasets.Dataset):
+        return [np.asarray(rows[name]) for name in names]
+    missing = [name for name in names if name not in rows.column_names]
+    if missing:
+        raise KeyError(f"no column {missing} among {rows.column_names}")
+    table = rows.select_columns(list(names)).with_format("arrow")[:]
+    arrays = []
+    for name in names:
+        column = table.column(name)
+        if column.null_count:  # Arrow would turn them into NaN
+            raise ValueError(f"column {name!r} has {column.null_count} missing values")
+        arrays.append(np.array(column.to_numpy()))
+    return arrays

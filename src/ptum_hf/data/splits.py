@@ -7,6 +7,7 @@ the experiment runner, a user's notebook) gets the same users for the same seed.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.compute as pc
 
 from .dataset import columns
 
@@ -47,8 +48,11 @@ def eval_subset(validation, size: int | None, seed: int):
 def demographics_splits(data, label_names, label_fraction: float = 1.0, split_seed: int = 0):
     """Users with at least one of `label_names` split 80/10/10 by `split_seed`; the training part cut to
     `label_fraction` of them."""
-    labeled = data.users.filter(lambda row: any(row[name] is not None for name in label_names))
-    train, validation, test = split_users_three_way(labeled, split_seed)
+    table = data.users.select_columns(list(label_names)).with_format("arrow")[:]
+    labeled = np.zeros(len(table), bool)
+    for name in label_names:
+        labeled |= np.asarray(pc.is_valid(table.column(name)))
+    train, validation, test = split_users_three_way(data.users.select(np.flatnonzero(labeled)), split_seed)
     return label_subset(train, label_fraction, split_seed), validation, test
 
 
