@@ -84,7 +84,7 @@ class UserSequences:
     @classmethod
     def from_dataset(cls, users: datasets.Dataset) -> UserSequences:
         """Read the `behavior_ids` and `timestamps` columns of `users` without a Python loop over rows."""
-        table = users.with_format("arrow")[:]
+        table = arrow_columns(users, "behavior_ids", "timestamps")
         ids = table.column("behavior_ids").combine_chunks()
         times = table.column("timestamps").combine_chunks()
         lengths = pa.compute.list_value_length(ids).to_numpy(zero_copy_only=False)
@@ -130,16 +130,21 @@ def users_dataset(
     return datasets.Dataset(pa.table(columns))
 
 
+def arrow_columns(rows: datasets.Dataset, *names: str) -> pa.Table:
+    """`names` columns of `rows` as one Arrow table (through any indices mapping), without a Python loop over rows."""
+    missing = [name for name in names if name not in rows.column_names]
+    if missing:
+        raise KeyError(f"no column {missing} among {rows.column_names}")
+    return rows.select_columns(list(names)).with_format("arrow")[:]
+
+
 def columns(rows, *names: str) -> list[np.ndarray]:
     """`names` columns of `rows` (a `datasets.Dataset` or a mapping of sequences) as writable arrays. A Dataset is
     read through Arrow: since datasets 4, `np.asarray(dataset[name])` walks a lazy column row by row (seconds per
     100,000 rows)."""
     if not isinstance(rows, datasets.Dataset):
         return [np.asarray(rows[name]) for name in names]
-    missing = [name for name in names if name not in rows.column_names]
-    if missing:
-        raise KeyError(f"no column {missing} among {rows.column_names}")
-    table = rows.select_columns(list(names)).with_format("arrow")[:]
+    table = arrow_columns(rows, *names)
     arrays = []
     for name in names:
         column = table.column(name)

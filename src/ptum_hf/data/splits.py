@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
-from .dataset import columns
+from .dataset import arrow_columns, columns
 
 
 def split_users(users, eval_fraction: float, seed: int):
@@ -48,7 +48,7 @@ def eval_subset(validation, size: int | None, seed: int):
 def demographics_splits(data, label_names, label_fraction: float = 1.0, split_seed: int = 0):
     """Users with at least one of `label_names` split 80/10/10 by `split_seed`; the training part cut to
     `label_fraction` of them."""
-    table = data.users.select_columns(list(label_names)).with_format("arrow")[:]
+    table = arrow_columns(data.users, *label_names)
     labeled = np.zeros(len(table), bool)
     for name in label_names:
         labeled |= np.asarray(pc.is_valid(table.column(name)))
