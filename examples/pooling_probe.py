@@ -1,0 +1,141 @@
+"""Where do the pre-trained MovieLens user vectors lose what an SVD keeps? (`results/studies/bag_prediction.md` §12)
+
+For each pre-training seed: pre-train PTUM on MovieLens-100K without labels, as `ptum-hf reproduce` does for
+demographics (`MEASURED_DEFAULTS`: the `items` recipe, the whole history, 300 epochs of 128 users, HSA, `small`),
+then compare two features of the same model on every user split, each with LR fitted as SVD + LR is
+(`reproduce.baselines.fit_heads`): the user vector (the probe) and the mean of the user's pre-trained behavior
+vectors (each L2-normalised first), i.e. the user encoder's pooling replaced by a plain average.
+
+    python examples/pooling_probe.py --data_dir ../shared/data/ml-100k --seeds 0,1,2,3
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from ptum_hf import PTUMModel
+from ptum_hf.atomic import atomic_write_text
+from ptum_hf.configuration_ptum import SIZE_PRESETS
+from ptum_hf.data import BehaviorTokenCache, load_behavior_data
+from ptum_hf.data.splits import demographics_splits
+from ptum_hf.embedding import encode_behavior_table
+from ptum_hf.pretraining import PretrainingArguments, pretrain
+from ptum_hf.reproduce.baselines import DEMOGRAPHIC_HEADS, fit_demographic_baselines, probe_split, user_vectors
+from ptum_hf.reproduce.settings import MEASURED_DEFAULTS, MOVIELENS
+
+METRICS = ("age_macro_f1", "gender_auc")
+FEATURES = {"user": "user vector (the probe)", "behavior_mean": "mean of behavior vectors"}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="the MovieLens-100K folder (u.data, u.item, u.user)")
+    parser.add_argument("--output_dir", default="outputs/pooling_probe")
+    parser.add_argument("--seeds", default="0,1,2,3", help="pre-training seeds, comma separated")
+    parser.add_argument("--ratios", default="0.2,1.0", help="label ratios, comma separated")
+    parser.add_argument("--splits", type=int, default=20, help="user splits (split seeds 0..splits-1)")
+    parser.add_argument(
+        "--size", choices=tuple(SIZE_PRESETS), default="small", help="model size (`small`: reproduce's)"
+    )
+    parser.add_argument("--max_steps", type=int, default=-1, help="pre-training steps (default: the measured epochs)")
+    args = parser.parse_args()
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+        args.ratios = [float(r) for r in args.ratios.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be integers and --ratios numbers, comma separated: {args.seeds!r}, {args.ratios!r}")
+    if args.splits < 2 or not all(0 < r <= 1 for r in args.ratios):
+        parser.error(f"--splits must be at least 2 and every ratio in (0, 1], got {args.splits} and {args.ratios}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        parser.error(f"--max_steps must be positive (or -1 for the measured epochs), got {args.max_steps}")
+    return args
+
+
+def pretrained(args, seed: int, out: Path) -> Path:
+    """The seed's pre-training, made once (an existing one under `out` is reused)."""
+    model_dir = out / f"seed{seed}" / "model"
+    if (model_dir / "pretraining_metrics.json").exists():
+        return model_dir
+    measured = MEASURED_DEFAULTS[("demographics", MOVIELENS)]
+    return pretrain(
+        PretrainingArguments(
+            output_dir=str(model_dir.parent),
+            dataset=MOVIELENS,
+            data_dir=args.data_dir,
+            preset="hsa",
+            size=args.size,
+            recipe=measured["recipe"],
+            config_overrides=json.dumps({"max_behaviors": measured["max_behaviors"]}),
+            per_device_batch_size=measured["pretrain_batch_size"],
+            num_epochs=measured["pretrain_epochs"],
+            max_steps=args.max_steps,
+            eval_steps=10**9,
+            save_steps=0,
+            logging_steps=10**9,
+            report_to="none",
+            seed=seed,
+        )
+    )
+
+
+def behavior_means(model_dir: Path, data) -> np.ndarray:
+    """Each user's mean of their behaviors' L2-normalised pre-trained vectors, in the order of `data.users`."""
+    model = PTUMModel.from_pretrained(str(model_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    cache = BehaviorTokenCache.build(data.behaviors, tokenizer, model.config.max_tokens_per_behavior)
+    table = torch.nn.functional.normalize(encode_behavior_table(model, cache).float(), dim=-1).numpy()
+    return np.stack([table[np.asarray(ids)].mean(0) for ids in data.users["behavior_ids"]])
+
+
+def paired(rows: list[dict], feature: str, metric: str) -> str:
+    """The feature's mean over the splits, and its difference with SVD + LR paired by split."""
+    gaps = [r[feature][metric] - r["svd_lr"][metric] for r in rows]
+    mean = np.mean([r[feature][metric] for r in rows])
+    return f"{mean:.3f} ({np.mean(gaps):+.3f}, {sum(g > 0 for g in gaps)}/{len(gaps)})"
+
+
+def main():
+    args = parse_args()
+    out = Path(args.output_dir)
+    data = load_behavior_data(MOVIELENS, args.data_dir)
+    parts = {
+        (r, s): demographics_splits(data, DEMOGRAPHIC_HEADS, r, s) for r in args.ratios for s in range(args.splits)
+    }
+    svd = {key: fit_demographic_baselines(data, *split, only=("svd_lr",))["svd_lr"] for key, split in parts.items()}
+    head = ["seed", "labels"] + [
+        f"{label} {m} (− SVD + LR, splits > 0)" for label in FEATURES.values() for m in METRICS
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    results = []
+    for seed in args.seeds:
+        start = time.perf_counter()
+        model_dir = pretrained(args, seed, out)
+        vectors = {"user": user_vectors(model_dir, data), "behavior_mean": behavior_means(model_dir, data)}
+        for ratio in args.ratios:
+            rows = [
+                {
+                    "split": s,
+                    "svd_lr": svd[ratio, s],
+                    **{f: probe_split(v, data, parts[ratio, s]) for f, v in vectors.items()},
+                }
+                for s in range(args.splits)
+            ]
+            results.append(
+                {"seed": seed, "ratio": ratio, "seconds": round(time.perf_counter() - start), "splits": rows}
+            )
+            cells = [str(seed), f"{ratio:.0%}"] + [paired(rows, f, m) for f in FEATURES for m in METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    report = "\n".join(lines)
+    atomic_write_text(out / "results.md", report + "\n")
+    atomic_write_text(out / "results.json", json.dumps({"settings": vars(args), "results": results}, indent=2))
+    print(f"\nMean over {args.splits} splits, LR fitted as SVD + LR on each feature:\n\n{report}")
+
+
+if __name__ == "__main__":
+    main()
