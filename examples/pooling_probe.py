@@ -1,10 +1,10 @@
 """Where do the pre-trained MovieLens user vectors lose what an SVD keeps? (`results/studies/bag_prediction.md` §12)
 
-For each pre-training seed: pre-train PTUM on MovieLens-100K without labels, as `ptum-hf reproduce` does for
-demographics (`MEASURED_DEFAULTS`: the `items` recipe, the whole history, 300 epochs of 128 users, HSA, `small`),
-then compare two features of the same model on every user split, each with LR fitted as SVD + LR is
+For each pre-training seed: pre-train PTUM on MovieLens-100K without labels exactly as `ptum-hf reproduce` does for
+demographics (its settings for that cell: the `items` recipe, the whole history, 300 epochs of 128 users, HSA,
+`small`), then compare two features of the same model on every user split, each with LR fitted as SVD + LR is
 (`reproduce.baselines.fit_heads`): the user vector (the probe) and the mean of the user's pre-trained behavior
-vectors (each L2-normalised first), i.e. the user encoder's pooling replaced by a plain average.
+vectors (each L2-normalised first), i.e. without the user encoder's position and time embeddings and its pooling.
 
     python examples/pooling_probe.py --data_dir ../shared/data/ml-100k --seeds 0,1,2,3
 """
@@ -19,15 +19,16 @@ import torch
 from transformers import AutoTokenizer
 
 from ptum_hf import PTUMModel
-from ptum_hf.atomic import atomic_write_text
+from ptum_hf.atomic import atomic_write_json, atomic_write_text
 from ptum_hf.configuration_ptum import SIZE_PRESETS
 from ptum_hf.data import BehaviorTokenCache, load_behavior_data
 from ptum_hf.data.splits import demographics_splits
 from ptum_hf.embedding import encode_behavior_table
 from ptum_hf.pretraining import PretrainingArguments, pretrain
 from ptum_hf.reproduce.baselines import DEMOGRAPHIC_HEADS, fit_demographic_baselines, probe_split, user_vectors
-from ptum_hf.reproduce.settings import MEASURED_DEFAULTS, MOVIELENS
+from ptum_hf.reproduce.settings import MOVIELENS, Settings
 
+PRESET = "hsa"  # the preset whose pre-training `reproduce`'s probe uses
 METRICS = ("age_macro_f1", "gender_auc")
 FEATURES = {"user": "user vector (the probe)", "behavior_mean": "mean of behavior vectors"}
 
@@ -46,34 +47,70 @@ def parse_args():
     args = parser.parse_args()
     try:
         args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be integers separated by commas, got {args.seeds!r}")
+    try:
         args.ratios = [float(r) for r in args.ratios.split(",")]
     except ValueError:
-        parser.error(f"--seeds must be integers and --ratios numbers, comma separated: {args.seeds!r}, {args.ratios!r}")
-    if args.splits < 2 or not all(0 < r <= 1 for r in args.ratios):
-        parser.error(f"--splits must be at least 2 and every ratio in (0, 1], got {args.splits} and {args.ratios}")
+        parser.error(f"--ratios must be numbers separated by commas, got {args.ratios!r}")
+    if min(args.seeds) < 0:
+        parser.error(f"--seeds must be at least 0, got {min(args.seeds)}")
+    if not all(0 < r <= 1 for r in args.ratios):
+        parser.error(f"every --ratios value must be in (0, 1], got {args.ratios}")
+    if args.splits < 2:  # a paired difference needs a spread
+        parser.error(f"--splits must be at least 2, got {args.splits}")
     if args.max_steps == 0 or args.max_steps < -1:
         parser.error(f"--max_steps must be positive (or -1 for the measured epochs), got {args.max_steps}")
     return args
 
 
-def pretrained(args, seed: int, out: Path) -> Path:
-    """The seed's pre-training, made once (an existing one under `out` is reused)."""
-    model_dir = out / f"seed{seed}" / "model"
-    if (model_dir / "pretraining_metrics.json").exists():
-        return model_dir
-    measured = MEASURED_DEFAULTS[("demographics", MOVIELENS)]
-    return pretrain(
+def identity(args, seed: int) -> dict:
+    """What decides a seed's pre-training: `reproduce`'s settings for MovieLens demographics (`pretrain_run`)."""
+    cell = Settings(size=args.size, seed=seed).for_cell("demographics", MOVIELENS)
+    return {
+        "preset": PRESET,
+        "overrides": cell.model_overrides,
+        "epochs": cell.value("pretrain_epochs"),
+        "steps": args.max_steps,
+        "batch": cell.value("pretrain_batch_size"),
+        "lr": cell.pretrain_learning_rate,
+        "vocab": cell.tokenizer_vocab_size,
+        "seed": seed,
+    }
+
+
+def check_reusable(out: Path, seeds, args) -> None:
+    """Refuse, before any work, a seed folder that holds a pre-training made with other settings."""
+    for seed in seeds:
+        folder = out / f"seed{seed}"
+        if not (folder / "model" / "pretraining_metrics.json").exists():
+            continue  # nothing finished there: `pretrain` starts it afresh
+        made = json.loads((folder / "identity.json").read_text()) if (folder / "identity.json").exists() else None
+        if made != identity(args, seed):
+            raise SystemExit(
+                f"{folder} holds a pre-training made with other settings ({made or 'unknown'}): "
+                "give another --output_dir, or remove that folder"
+            )
+
+
+def pretrained(args, seed: int, out: Path) -> tuple[Path, float]:
+    """The seed's pre-training and the seconds it took (0 when an earlier run's is reused)."""
+    folder, wanted = out / f"seed{seed}", identity(args, seed)
+    if (folder / "model" / "pretraining_metrics.json").exists():
+        return folder / "model", 0.0
+    start = time.perf_counter()
+    model_dir = pretrain(
         PretrainingArguments(
-            output_dir=str(model_dir.parent),
+            output_dir=str(folder),
             dataset=MOVIELENS,
             data_dir=args.data_dir,
-            preset="hsa",
-            size=args.size,
-            recipe=measured["recipe"],
-            config_overrides=json.dumps({"max_behaviors": measured["max_behaviors"]}),
-            per_device_batch_size=measured["pretrain_batch_size"],
-            num_epochs=measured["pretrain_epochs"],
-            max_steps=args.max_steps,
+            preset=wanted["preset"],
+            config_overrides=json.dumps(wanted["overrides"]),
+            tokenizer_vocab_size=wanted["vocab"],
+            per_device_batch_size=wanted["batch"],
+            learning_rate=wanted["lr"],
+            num_epochs=wanted["epochs"],
+            max_steps=wanted["steps"],
             eval_steps=10**9,
             save_steps=0,
             logging_steps=10**9,
@@ -81,15 +118,19 @@ def pretrained(args, seed: int, out: Path) -> Path:
             seed=seed,
         )
     )
+    atomic_write_json(folder / "identity.json", wanted)
+    return model_dir, time.perf_counter() - start
 
 
 def behavior_means(model_dir: Path, data) -> np.ndarray:
-    """Each user's mean of their behaviors' L2-normalised pre-trained vectors, in the order of `data.users`."""
+    """Each user's mean of their behaviors' L2-normalised pre-trained vectors, in the order of `data.users` (the
+    model is loaded again beside `user_vectors`, which stays the probe's own path)."""
     model = PTUMModel.from_pretrained(str(model_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     cache = BehaviorTokenCache.build(data.behaviors, tokenizer, model.config.max_tokens_per_behavior)
     table = torch.nn.functional.normalize(encode_behavior_table(model, cache).float(), dim=-1).numpy()
-    return np.stack([table[np.asarray(ids)].mean(0) for ids in data.users["behavior_ids"]])
+    keep = model.config.max_behaviors  # the behaviors the user vector sees
+    return np.stack([table[np.asarray(ids[-keep:], np.int64)].mean(0) for ids in data.users["behavior_ids"]])
 
 
 def paired(rows: list[dict], feature: str, metric: str) -> str:
@@ -102,6 +143,7 @@ def paired(rows: list[dict], feature: str, metric: str) -> str:
 def main():
     args = parse_args()
     out = Path(args.output_dir)
+    check_reusable(out, args.seeds, args)
     data = load_behavior_data(MOVIELENS, args.data_dir)
     parts = {
         (r, s): demographics_splits(data, DEMOGRAPHIC_HEADS, r, s) for r in args.ratios for s in range(args.splits)
@@ -113,8 +155,7 @@ def main():
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     results = []
     for seed in args.seeds:
-        start = time.perf_counter()
-        model_dir = pretrained(args, seed, out)
+        model_dir, seconds = pretrained(args, seed, out)
         vectors = {"user": user_vectors(model_dir, data), "behavior_mean": behavior_means(model_dir, data)}
         for ratio in args.ratios:
             rows = [
@@ -125,9 +166,7 @@ def main():
                 }
                 for s in range(args.splits)
             ]
-            results.append(
-                {"seed": seed, "ratio": ratio, "seconds": round(time.perf_counter() - start), "splits": rows}
-            )
+            results.append({"seed": seed, "ratio": ratio, "pretrain_seconds": round(seconds), "splits": rows})
             cells = [str(seed), f"{ratio:.0%}"] + [paired(rows, f, m) for f in FEATURES for m in METRICS]
             lines.append("| " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)

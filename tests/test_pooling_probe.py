@@ -1,5 +1,6 @@
 """examples/pooling_probe.py, tiny, on the real MovieLens-100K: one row per seed and label ratio, both features paired
-with SVD + LR on every split, and a seed's pre-training reused by a second run."""
+with SVD + LR on every split, a seed's pre-training reused by a second run with the same settings and refused with
+other ones."""
 
 import importlib.util
 import json
@@ -38,13 +39,18 @@ def test_one_row_per_seed_and_ratio_paired_by_split(tmp_path):
     config = json.loads((out / "seed1" / "model" / "config.json").read_text())
     assert config["hidden_size"] == 16 and config["use_bag"] and config["max_behaviors"] == 800
 
-    # A second run finds each seed's pre-training and reuses it: the same vectors, so the same figures.
+    # A second run with the same settings reuses each seed's pre-training: the same vectors, so the same figures.
     weights = (out / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns
-    again = run(*flags, "--ratios", "0.2", "--seeds", "0", "--max_steps", "3")
+    again = run(*flags, "--ratios", "0.2", "--seeds", "0", "--max_steps", "2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns == weights
     rerun = json.loads((out / "results.json").read_text())["results"]
-    assert [r["splits"] for r in rerun] == [written["results"][0]["splits"]]
+    assert [r["splits"] for r in rerun] == [written["results"][0]["splits"]] and rerun[0]["pretrain_seconds"] == 0
+
+    # Other settings on the same folder are refused before any work, and nothing there is touched.
+    other = run(*flags, "--ratios", "0.2", "--seeds", "0", "--max_steps", "3")
+    assert other.returncode == 1 and "seed0 holds a pre-training made with other settings" in other.stderr
+    assert (out / "seed0" / "model" / "model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_bad_settings_are_refused_before_any_work(monkeypatch, capsys):
@@ -53,7 +59,9 @@ def test_bad_settings_are_refused_before_any_work(monkeypatch, capsys):
     spec.loader.exec_module(script)
     for flags, message in (
         (["--seeds", "0,x"], "--seeds must be integers"),
-        (["--ratios", "0.2,1.5"], "every ratio in (0, 1]"),
+        (["--seeds", "-1"], "--seeds must be at least 0"),
+        (["--ratios", "0.2,x"], "--ratios must be numbers"),
+        (["--ratios", "0.2,1.5"], "every --ratios value must be in (0, 1]"),
         (["--splits", "1"], "--splits must be at least 2"),
         (["--max_steps", "0"], "--max_steps must be positive"),
     ):
