@@ -26,6 +26,7 @@ from ptum_hf.data.splits import demographics_splits
 from ptum_hf.embedding import encode_behavior_table
 from ptum_hf.pretraining import PretrainingArguments, pretrain
 from ptum_hf.reproduce.baselines import DEMOGRAPHIC_HEADS, fit_demographic_baselines, probe_split, user_vectors
+from ptum_hf.reproduce.report import paired
 from ptum_hf.reproduce.settings import MOVIELENS, Settings
 
 PRESET = "hsa"  # the preset whose pre-training `reproduce`'s probe uses
@@ -133,11 +134,11 @@ def behavior_means(model_dir: Path, data) -> np.ndarray:
     return np.stack([table[np.asarray(ids[-keep:], np.int64)].mean(0) for ids in data.users["behavior_ids"]])
 
 
-def paired(rows: list[dict], feature: str, metric: str) -> str:
+def cell(rows: list[dict], feature: str, metric: str) -> str:
     """The feature's mean over the splits, and its difference with SVD + LR paired by split."""
-    gaps = [r[feature][metric] - r["svd_lr"][metric] for r in rows]
     mean = np.mean([r[feature][metric] for r in rows])
-    return f"{mean:.3f} ({np.mean(gaps):+.3f}, {sum(g > 0 for g in gaps)}/{len(gaps)})"
+    by_split = {name: {r["split"]: r[name] for r in rows} for name in (feature, "svd_lr")}
+    return f"{mean:.3f} ({paired(by_split[feature], by_split['svd_lr'], metric)})"
 
 
 def main():
@@ -167,7 +168,7 @@ def main():
                 for s in range(args.splits)
             ]
             results.append({"seed": seed, "ratio": ratio, "pretrain_seconds": round(seconds), "splits": rows})
-            cells = [str(seed), f"{ratio:.0%}"] + [paired(rows, f, m) for f in FEATURES for m in METRICS]
+            cells = [str(seed), f"{ratio:.0%}"] + [cell(rows, f, m) for f in FEATURES for m in METRICS]
             lines.append("| " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     report = "\n".join(lines)

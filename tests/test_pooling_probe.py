@@ -35,7 +35,7 @@ def test_one_row_per_seed_and_ratio_paired_by_split(tmp_path):
         assert 0.0 <= r["splits"][0]["behavior_mean"]["gender_auc"] <= 1.0
     rows = [line for line in (out / "results.md").read_text().splitlines() if re.match(r"\| \d \|", line)]
     assert [line.split("|")[1:3] for line in rows] == [[" 0 ", " 20% "], [" 1 ", " 20% "]]
-    assert all(len(re.findall(r"\([+-]\d\.\d{3}, \d/2\)", line)) == 4 for line in rows)  # 2 features x 2 metrics
+    assert all(len(re.findall(r"\([+-]\d\.\d{3} ± \d\.\d{3} \(\d/2 > 0\)\)", line)) == 4 for line in rows)  # 2 x 2
     config = json.loads((out / "seed1" / "model" / "config.json").read_text())
     assert config["hidden_size"] == 16 and config["use_bag"] and config["max_behaviors"] == 800
 
