@@ -19,15 +19,16 @@ import torch
 from transformers import AutoTokenizer
 
 from ptum_hf import PTUMModel
-from ptum_hf.atomic import atomic_write_json, atomic_write_text
+from ptum_hf.atomic import atomic_write_json
 from ptum_hf.configuration_ptum import SIZE_PRESETS
 from ptum_hf.data import BehaviorTokenCache, load_behavior_data
 from ptum_hf.data.splits import demographics_splits
 from ptum_hf.embedding import encode_behavior_table
-from ptum_hf.pretraining import PretrainingArguments, pretrain
+from ptum_hf.pretraining import pretrain
 from ptum_hf.reproduce.baselines import DEMOGRAPHIC_HEADS, fit_demographic_baselines, probe_split, user_vectors
-from ptum_hf.reproduce.report import paired
+from ptum_hf.reproduce.report import paired, write_study
 from ptum_hf.reproduce.settings import MOVIELENS, Settings
+from ptum_hf.reproduce.training import pretraining_arguments, pretraining_identity
 
 PRESET = "hsa"  # the preset whose pre-training `reproduce`'s probe uses
 METRICS = ("age_macro_f1", "gender_auc")
@@ -66,18 +67,9 @@ def parse_args():
 
 
 def identity(args, seed: int) -> dict:
-    """What decides a seed's pre-training: `reproduce`'s settings for MovieLens demographics (`pretrain_run`)."""
+    """What decides a seed's pre-training: `reproduce`'s settings for MovieLens demographics."""
     cell = Settings(size=args.size, seed=seed).for_cell("demographics", MOVIELENS)
-    return {
-        "preset": PRESET,
-        "overrides": cell.model_overrides,
-        "epochs": cell.value("pretrain_epochs"),
-        "steps": args.max_steps,
-        "batch": cell.value("pretrain_batch_size"),
-        "lr": cell.pretrain_learning_rate,
-        "vocab": cell.tokenizer_vocab_size,
-        "seed": seed,
-    }
+    return pretraining_identity(cell, MOVIELENS, PRESET, cell.model_overrides, args.max_steps, None)
 
 
 def check_reusable(out: Path, seeds, args) -> None:
@@ -100,25 +92,7 @@ def pretrained(args, seed: int, out: Path) -> tuple[Path, float]:
     if (folder / "model" / "pretraining_metrics.json").exists():
         return folder / "model", 0.0
     start = time.perf_counter()
-    model_dir = pretrain(
-        PretrainingArguments(
-            output_dir=str(folder),
-            dataset=MOVIELENS,
-            data_dir=args.data_dir,
-            preset=wanted["preset"],
-            config_overrides=json.dumps(wanted["overrides"]),
-            tokenizer_vocab_size=wanted["vocab"],
-            per_device_batch_size=wanted["batch"],
-            learning_rate=wanted["lr"],
-            num_epochs=wanted["epochs"],
-            max_steps=wanted["steps"],
-            eval_steps=10**9,
-            save_steps=0,
-            logging_steps=10**9,
-            report_to="none",
-            seed=seed,
-        )
-    )
+    model_dir = pretrain(pretraining_arguments(wanted, folder, args.data_dir))
     atomic_write_json(folder / "identity.json", wanted)
     return model_dir, time.perf_counter() - start
 
@@ -171,9 +145,7 @@ def main():
             cells = [str(seed), f"{ratio:.0%}"] + [cell(rows, f, m) for f in FEATURES for m in METRICS]
             lines.append("| " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-    report = "\n".join(lines)
-    atomic_write_text(out / "results.md", report + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"settings": vars(args), "results": results}, indent=2))
+    report = write_study(out, lines, vars(args), results)
     print(f"\nMean over {args.splits} splits, LR fitted as SVD + LR on each feature:\n\n{report}")
 
 

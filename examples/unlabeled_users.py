@@ -9,18 +9,17 @@ the same way (`reproduce.baselines.fit_heads`), so they differ only in the featu
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ptum_hf.atomic import atomic_write_text
 from ptum_hf.configuration_ptum import RECIPES, SIZE_PRESETS
 from ptum_hf.data import load_behavior_data
 from ptum_hf.finetuning import FinetuneArguments, label_fraction_for, task_splits
 from ptum_hf.pretraining import PretrainingArguments, pretrain
 from ptum_hf.reproduce.baselines import fit_demographic_baselines, probe_split, user_vectors
+from ptum_hf.reproduce.report import write_study
 
 METRICS = ("age_macro_f1", "gender_auc")
 BASELINES = {"svd_lr": "SVD + LR", "lr_tfidf_words": "LR, TF-IDF words"}
@@ -111,9 +110,7 @@ def main():
         results.append(measure(args, num_users, out))
         lines.append(row(results[-1]))
         print(lines[-1], flush=True)
-    report = "\n".join(lines)
-    atomic_write_text(out / "results.md", report + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"settings": vars(args), "results": results}, indent=2))
+    report = write_study(out, lines, vars(args), results)
     print(f"\n{args.labeled_users} labeled users per split, mean of {args.splits} splits:\n\n{report}")
 
 

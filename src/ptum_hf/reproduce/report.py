@@ -3,7 +3,9 @@ the same splits."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +57,15 @@ class Cell(dict):
     def __init__(self, max_behaviors: int | None = None):
         super().__init__()
         self.max_behaviors = max_behaviors
+
+
+def write_study(out: Path, lines: list[str], settings: dict, results: list) -> str:
+    """A study script's table (`results.md`) and records (`results.json`, with its settings), each written under a
+    temporary name, then renamed; returns the table."""
+    report = "\n".join(lines)
+    atomic_write_text(Path(out) / "results.md", report + "\n")
+    atomic_write_text(Path(out) / "results.json", json.dumps({"settings": settings, "results": results}, indent=2))
+    return report
 
 
 def group(records) -> dict[tuple, Cell]:

@@ -32,6 +32,24 @@ def pretraining_job(
     overrides = {**s.model_overrides, **setting}
     users = num_users or s.synthetic_users
     steps = max_steps if max_steps is not None else s.pretrain_max_steps
+    identity = pretraining_identity(s, dataset, preset, overrides, steps, users)
+    tag = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    folder = ctx.work_dir / "pretrain" / f"{dataset}-{preset}-{tag}"
+    model_dir = folder / "model"
+    if (model_dir / "pretraining_metrics.json").exists():
+        return model_dir, None
+    if folder not in ctx.pretrainings:
+
+        def done(_, seconds):
+            ctx.timings[f"pretrain {dataset} {preset} {tag}"] = seconds
+            log(f"pre-trained {preset} on {dataset}, setting {setting} ({seconds:.0f}s)")
+
+        ctx.pretrainings[folder] = ctx.plan(Job(experiment, pretrain_run, (folder, identity), done))
+    return model_dir, ctx.pretrainings[folder]
+
+
+def pretraining_identity(s, dataset: str, preset: str, overrides: dict, steps: int, users: int | None) -> dict:
+    """What decides a pre-training under settings `s` (a cell's): equal identities, equal models."""
     from .. import PRESETS
 
     # The preset's definition is part of the identity: a changed preset must not reuse an old pre-training.
@@ -50,48 +68,44 @@ def pretraining_job(
     }
     if s.behavior_tokens != "text":
         identity["tokens"] = s.behavior_tokens
-    tag = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    folder = ctx.work_dir / "pretrain" / f"{dataset}-{preset}-{tag}"
-    model_dir = folder / "model"
-    if (model_dir / "pretraining_metrics.json").exists():
-        return model_dir, None
-    if folder not in ctx.pretrainings:
-
-        def done(_, seconds):
-            ctx.timings[f"pretrain {dataset} {preset} {tag}"] = seconds
-            log(f"pre-trained {preset} on {dataset}, setting {setting} ({seconds:.0f}s)")
-
-        ctx.pretrainings[folder] = ctx.plan(Job(experiment, pretrain_run, (folder, identity), done))
-    return model_dir, ctx.pretrainings[folder]
+    return identity
 
 
-def pretrain_run(ctx: Context, folder: Path, identity: dict) -> dict:
-    """The pre-training `identity` describes, saved under `folder`; returns its metrics."""
-    from ..pretraining import PretrainingArguments, pretrain
+def pretraining_arguments(identity: dict, folder: Path, data_dir: str | None, tokenizer_name: str | None = None):
+    """The `PretrainingArguments` of the pre-training `identity` describes, saved under `folder`."""
+    from ..pretraining import PretrainingArguments
 
-    s = ctx.settings
-    dataset, users = identity["dataset"], identity["users"] or s.synthetic_users
-    start = time.perf_counter()
-    args = PretrainingArguments(
+    users = {"num_users": identity["users"]} if identity["users"] else {}  # only the synthetic source reads it
+    return PretrainingArguments(
         output_dir=str(folder),
-        dataset=dataset,
-        data_dir=ctx.data_name_dir(dataset),
-        num_users=users,
-        synthetic_seed=s.seed,
+        dataset=identity["dataset"],
+        data_dir=data_dir,
+        **users,
+        synthetic_seed=identity["seed"],
         preset=identity["preset"],
         config_overrides=json.dumps(identity["overrides"]),
-        tokenizer_vocab_size=s.tokenizer_vocab_size,
-        tokenizer_name=item_tokenizer(ctx, dataset, users),
-        per_device_batch_size=s.pretrain_batch_size,
-        learning_rate=s.pretrain_learning_rate,
-        num_epochs=s.pretrain_epochs,
+        tokenizer_vocab_size=identity["vocab"],
+        tokenizer_name=tokenizer_name,
+        per_device_batch_size=identity["batch"],
+        learning_rate=identity["lr"],
+        num_epochs=identity["epochs"],
         max_steps=identity["steps"],
         eval_steps=10**9,
         save_steps=0,
         logging_steps=10**9,
         report_to="none",
-        seed=s.seed,
+        seed=identity["seed"],
     )
+
+
+def pretrain_run(ctx: Context, folder: Path, identity: dict) -> dict:
+    """The pre-training `identity` describes, saved under `folder`; returns its metrics."""
+    from ..pretraining import pretrain
+
+    dataset = identity["dataset"]
+    start = time.perf_counter()
+    tokenizer = item_tokenizer(ctx, dataset, identity["users"] or ctx.settings.synthetic_users)
+    args = pretraining_arguments(identity, folder, ctx.data_name_dir(dataset), tokenizer)
     with quiet():
         pretrain(args)
     metrics = json.loads((folder / "model" / "pretraining_metrics.json").read_text())
